@@ -1,0 +1,104 @@
+"""Generic config plumbing: frozen dataclasses built from TOML tables, CLI overrides on top.
+
+Each stage defines its own frozen dataclass next to its code (``tissue.TissueConfig``, ...). This module only
+knows how to build any of them from a mapping, reject unknown keys with a "did you mean" hint, apply dotted
+overrides, and serialise them back to plain dicts (stored in HDF5 attrs, checkpoints and reports).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sammil_deploy.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file; errors name the file and the line."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any] | None, *, section: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; nested dataclass fields take nested tables.
+
+    Raises:
+        ConfigError: On an unknown key (with the closest valid names) or a value the dataclass rejects.
+    """
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, names, n=1)
+        where = f"{section}.{key}" if section else key
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+        raise ConfigError(f"unknown config key {where!r}{hint}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        sub = _dataclass_type(hints[name])
+        child = f"{section}.{name}" if section else name
+        if sub is not None and isinstance(value, Mapping):
+            kwargs[name] = from_mapping(sub, value, section=child)
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"invalid config for {section or cls.__name__}: {err}") from None
+
+
+def apply_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
+    """Return ``cfg`` with dotted-path overrides (``{"patch.patch_size_px": 256}``); ``None`` values are skipped."""
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        cfg = _replace_path(cfg, dotted.split("."), value, dotted)
+    return cfg
+
+
+def _replace_path(obj: Any, path: list[str], value: Any, dotted: str) -> Any:
+    names = [f.name for f in dataclasses.fields(obj)]
+    if path[0] not in names:
+        raise ConfigError(f"unknown config key {dotted!r}")
+    if len(path) == 1:
+        return dataclasses.replace(obj, **{path[0]: value})
+    child = _replace_path(getattr(obj, path[0]), path[1:], value, dotted)
+    return dataclasses.replace(obj, **{path[0]: child})
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain, JSON-serialisable dict of a (nested) config dataclass."""
+    return json.loads(to_json(cfg))
+
+
+def to_json(cfg: Any) -> str:
+    """Stable JSON (sorted keys) of a config dataclass; used for hashes and file attrs."""
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+
+
+def _dataclass_type(hint: Any) -> type | None:
+    if dataclasses.is_dataclass(hint):
+        return hint  # type: ignore[return-value]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        for arg in typing.get_args(hint):
+            if dataclasses.is_dataclass(arg):
+                return arg  # type: ignore[return-value]
+    return None
