@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomllib
 
 from sammil_deploy.errors import ConfigError
 

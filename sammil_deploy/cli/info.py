@@ -23,8 +23,19 @@ def version_cmd() -> None:
 def environment_report() -> dict[str, Any]:
     """What is installed: torch/CUDA, onnxruntime providers, TensorRT, OpenSlide (no heavy work)."""
     report: dict[str, Any] = {"sammil_deploy": __version__}
-    for dist in ("torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
-                 "segment-anything", "openslide-python", "openslide-bin", "h5py", "numpy"):
+    for dist in (
+        "torch",
+        "torchvision",
+        "onnx",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "tensorrt",
+        "segment-anything",
+        "openslide-python",
+        "openslide-bin",
+        "h5py",
+        "numpy",
+    ):
         try:
             report[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -48,7 +59,9 @@ def environment_report() -> dict[str, Any]:
 
 
 @app.command("doctor")
-def doctor_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def doctor_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """Show what is installed: torch, CUDA, onnxruntime providers, TensorRT, OpenSlide."""
     report = environment_report()
     if as_json:
@@ -64,7 +77,9 @@ def doctor_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-rea
 @app.command("slide-info")
 def slide_info_cmd(
     slide: Annotated[Path, typer.Argument(help="Slide file (.svs, .tif, .ndpi, .mrxs, ...).")],
-    mpp: Annotated[float | None, typer.Option(help="Microns per level-0 pixel, if the file has none.")] = None,
+    mpp: Annotated[
+        float | None, typer.Option(help="Microns per level-0 pixel, if the file has none.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show a slide's levels, downsamples, mpp and objective power."""
@@ -73,16 +88,23 @@ def slide_info_cmd(
     with open_slide(slide, mpp=mpp) as reader:
         info = reader.info
     payload = {
-        "path": str(info.path), "vendor": info.vendor, "dimensions_wh": info.dimensions_wh,
-        "level_count": info.level_count, "level_dimensions_wh": info.level_dimensions_wh,
-        "level_downsamples": info.level_downsamples, "mpp": info.mpp, "mpp_source": info.mpp_source,
+        "path": str(info.path),
+        "vendor": info.vendor,
+        "dimensions_wh": info.dimensions_wh,
+        "level_count": info.level_count,
+        "level_dimensions_wh": info.level_dimensions_wh,
+        "level_downsamples": info.level_downsamples,
+        "mpp": info.mpp,
+        "mpp_source": info.mpp_source,
         "objective_power": info.objective_power,
     }
     if as_json:
         print_json(payload)
         return
-    stdout.print(f"[bold]{info.path.name}[/bold]  vendor={info.vendor}  mpp={info.mpp} ({info.mpp_source})  "
-                 f"objective={info.objective_power}")
+    stdout.print(
+        f"[bold]{info.path.name}[/bold]  vendor={info.vendor}  mpp={info.mpp} ({info.mpp_source})  "
+        f"objective={info.objective_power}"
+    )
     table = Table("level", "width", "height", "downsample")
     for level, ((w, h), ds) in enumerate(zip(info.level_dimensions_wh, info.level_downsamples, strict=True)):
         table.add_row(str(level), str(w), str(h), f"{ds:.3f}")

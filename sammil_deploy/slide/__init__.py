@@ -9,7 +9,14 @@ from sammil_deploy.slide.base import SlideInfo, SlideReader, downsample_for_long
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
 
-__all__ = ["SLIDE_SUFFIXES", "SlideInfo", "SlideReader", "downsample_for_long_side", "find_slides", "open_slide"]
+__all__ = [
+    "SLIDE_SUFFIXES",
+    "SlideInfo",
+    "SlideReader",
+    "downsample_for_long_side",
+    "find_slides",
+    "open_slide",
+]
 
 
 def open_slide(path: Path | str, *, reader: str = "openslide", mpp: float | None = None) -> SlideReader:

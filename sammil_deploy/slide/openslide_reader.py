@@ -30,7 +30,9 @@ class OpenSlideReader(SlideReader):
                 ".svs .tif .tiff .ndpi .vms .vmu .scn .mrxs .svslide .bif .dcm"
             ) from None
         except openslide.OpenSlideError as err:
-            raise UnsupportedSlideError(f"{self._path.name}: OpenSlide cannot open it ({err}); is it corrupt?") from None
+            raise UnsupportedSlideError(
+                f"{self._path.name}: OpenSlide cannot open it ({err}); is it corrupt?"
+            ) from None
         self._info = self._read_info(mpp_override)
         self._closed = False
 
@@ -73,7 +75,9 @@ class OpenSlideReader(SlideReader):
         try:
             rgba = np.asarray(self._slide.read_region((int(xy_level0[0]), int(xy_level0[1])), level, size_px))
         except openslide.OpenSlideError as err:
-            raise SlideError(f"{self._path.name}: cannot read region at {xy_level0} level {level} ({err})") from None
+            raise SlideError(
+                f"{self._path.name}: cannot read region at {xy_level0} level {level} ({err})"
+            ) from None
         return _rgba_on_white(rgba)
 
     def close(self) -> None:
