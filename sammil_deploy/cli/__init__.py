@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from sammil_deploy.cli import info  # noqa: F401  (registers commands)
+from sammil_deploy.cli import (
+    info,  # noqa: F401  (registers commands)
+    preprocess,  # noqa: F401
+)
 from sammil_deploy.cli.app import State, app, console
 from sammil_deploy.errors import SammilError
 

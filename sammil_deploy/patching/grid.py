@@ -88,6 +88,23 @@ def _level_downsample_xy(info: SlideInfo, level: int) -> tuple[float, float]:
     return (w0 / w, h0 / h)
 
 
+def require_patch_fits(info: SlideInfo, cfg: PatchConfig) -> int:
+    """The patch side in level-0 pixels, after checking the slide can hold one patch (cheap; no pixels read).
+
+    Raises:
+        ConfigError: As for ``make_patch_grid``.
+        PatchingError: If the slide is narrower or shorter than one patch.
+    """
+    size0 = _resolve_geometry(info, cfg).size_level0_px
+    w0, h0 = info.dimensions_wh
+    if size0 > w0 or size0 > h0:
+        raise PatchingError(
+            f"{info.path.name}: the slide ({w0}x{h0} level-0 px) is smaller than one patch ({size0}x{size0} "
+            "level-0 px); use a smaller --patch-size"
+        )
+    return size0
+
+
 def make_patch_grid(info: SlideInfo, tissue: TissueResult, cfg: PatchConfig) -> PatchGrid:
     """Place patches inside tissue as CLAM's ``process_contour`` does.
 
@@ -109,13 +126,8 @@ def make_patch_grid(info: SlideInfo, tissue: TissueResult, cfg: PatchConfig) -> 
         PatchingError: If the slide is smaller than one patch, or no patch passes the tissue checks.
     """
     geo = _resolve_geometry(info, cfg)
+    size0 = require_patch_fits(info, cfg)
     w0, h0 = info.dimensions_wh
-    size0 = geo.size_level0_px
-    if size0 > w0 or size0 > h0:
-        raise PatchingError(
-            f"{info.path.name}: the slide ({w0}x{h0} level-0 px) is smaller than one patch ({size0}x{size0} "
-            "level-0 px); use a smaller --patch-size"
-        )
     chunks = [
         _contour_patches(contour, holes, geo, cfg, (w0, h0))
         for contour, holes in zip(tissue.contours_level0_xy, tissue.holes_level0_xy, strict=True)

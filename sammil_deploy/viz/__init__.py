@@ -1,0 +1,1 @@
+"""Pictures for people: tissue/patch previews (CLAM-style mask and stitch images)."""
