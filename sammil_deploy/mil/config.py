@@ -195,6 +195,7 @@ class TrainConfig:
         amp: Mixed precision (bf16 on CPU, fp16 with a grad scaler on CUDA).
         cache_bags: Keep all bags in memory instead of reading each file every epoch.
         threads: torch CPU threads (0 = leave torch's default).
+        tensorboard: Also write TensorBoard event files next to the CSV/JSON logs (needs ``tensorboard``).
     """
 
     optimizer: str = "adam"
@@ -212,6 +213,7 @@ class TrainConfig:
     amp: bool = False
     cache_bags: bool = True
     threads: int = 0
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         _choice("train", "optimizer", self.optimizer, ("adam", "adamw"))

@@ -1,0 +1,256 @@
+"""Cross-validated training and checkpoint evaluation: what `sammil-deploy train` / `evaluate` call.
+
+Per fold: fit on the training slides, pick the epoch and the Youden threshold on the validation slides, then
+evaluate once on the test slides. Outputs in ``out_dir``: ``<fold>.safetensors`` + ``<fold>.json`` checkpoints,
+``<fold>/log.csv|json``, ``predictions.csv`` (test slides of every fold), ``summary.json`` and ``summary.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sammil_deploy.config import to_dict
+from sammil_deploy.errors import ConfigError
+from sammil_deploy.features.bag import FeatureBag
+from sammil_deploy.mil.checkpoint import load_checkpoint, make_meta, save_checkpoint
+from sammil_deploy.mil.config import TrainRecipe, with_data_shape
+from sammil_deploy.mil.data import BagDataset, Labels, Split, find_feature_files, make_splits, read_labels, read_splits
+from sammil_deploy.mil.evaluate import (
+    Predictions,
+    evaluate_predictions,
+    predict,
+    summarise_folds,
+    write_predictions_csv,
+)
+from sammil_deploy.mil.fit import EpochRecord, fit, resolve_device
+
+Event = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class CvSummary:
+    """Per-fold test metrics, their mean ± std, and where everything was written."""
+
+    folds: list[dict[str, Any]]
+    mean_std: dict[str, dict[str, float]]
+    out_dir: Path
+    checkpoints: list[Path]
+
+
+def train_cross_validation(
+    features_dir: Path,
+    labels_csv: Path,
+    recipe: TrainRecipe,
+    out_dir: Path,
+    *,
+    splits_path: Path | None = None,
+    on_event: Event | None = None,
+    bags: Sequence[FeatureBag] | None = None,
+) -> CvSummary:
+    """Train one model per fold and evaluate it on that fold's test slides.
+
+    Args:
+        features_dir: Folder of ``<slide_id>.h5`` feature files (ignored when ``bags`` is given).
+        labels_csv: ``slide_id,label`` CSV.
+        recipe: Model / objective / loop / split configs; the feature dim and class count come from the data.
+        out_dir: Output folder (created).
+        splits_path: Splits CSV or folder of CLAM ``splits_<k>.csv``; otherwise stratified K-fold.
+        on_event: Progress callback: ``("fold_start", {...})``, ``("epoch", {...})``, ``("fold_end", {...})``.
+        bags: In-memory bags instead of files (programmatic use, tests).
+
+    Raises:
+        ConfigError, FeatureStoreError, CheckpointError: Bad inputs, with the file and the fix.
+    """
+    labels = read_labels(labels_csv, class_names=recipe.data.class_names)
+    splits = (
+        read_splits(splits_path, labels, val_fraction=recipe.data.val_fraction, seed=recipe.data.seed)
+        if splits_path is not None
+        else make_splits(
+            labels,
+            folds=recipe.data.folds,
+            repeats=recipe.data.repeats,
+            val_fraction=recipe.data.val_fraction,
+            seed=recipe.data.seed,
+        )
+    )
+    sources = _sources(features_dir, labels, bags)
+    first = sources[labels.slide_ids[0]]
+    probe = first if isinstance(first, FeatureBag) else _read(first)
+    recipe = with_data_shape(recipe, in_dim=probe.dim, n_classes=len(labels.class_names))
+    extractor = probe.attrs.get("encoder")
+    y = labels.as_dict()
+    provenance = {
+        "labels_sha256": _sha256_file(labels_csv),
+        "splits_sha256": _sha256_file(splits_path) if splits_path and splits_path.is_file() else None,
+    }
+
+    def dataset(ids: Sequence[str]) -> BagDataset:
+        return BagDataset(
+            [sources[s] for s in ids],
+            [y[s] for s in ids],
+            group_tokens=recipe.sammil.group_tokens,
+            needs_context=recipe.sammil.needs_context,
+            cache=recipe.train.cache_bags,
+        )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(recipe.train.device)
+    per_fold, checkpoints, all_preds = [], [], []
+    for split in splits:
+        train_ds, val_ds, test_ds = dataset(split.train), dataset(split.val), dataset(split.test)
+        _emit(
+            on_event,
+            "fold_start",
+            fold=split.name,
+            n_train=len(train_ds),
+            n_val=len(val_ds),
+            n_test=len(test_ds),
+            epochs=recipe.train.epochs,
+        )
+        result = fit(
+            recipe,
+            train_ds,
+            val_ds,
+            log_dir=out_dir / split.name,
+            on_epoch=lambda r, name=split.name: _emit(on_event, "epoch", fold=name, record=r),
+        )
+        test = predict(result.model, test_ds, device=device, amp=recipe.train.amp)
+        metrics = {
+            "fold": split.name,
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            **evaluate_predictions(test, threshold=result.threshold),
+        }
+        meta = make_meta(
+            recipe.model,
+            class_names=labels.class_names,
+            group_tokens=recipe.sammil.group_tokens,
+            feature_extractor=extractor,
+            threshold=result.threshold,
+            metrics=metrics,
+            sammil={"sammil": to_dict(recipe.sammil), "train": to_dict(recipe.train)},
+            data={
+                **provenance,
+                "fold": split.name,
+                "train_sha256": train_ds.fingerprint(),
+                "val_sha256": val_ds.fingerprint(),
+                "test_sha256": test_ds.fingerprint(),
+            },
+        )
+        checkpoints.append(save_checkpoint(out_dir / split.name, result.model, meta))
+        write_predictions_csv(
+            out_dir / split.name / "predictions.csv",
+            test,
+            labels.class_names,
+            threshold=result.threshold,
+            fold=split.name,
+        )
+        all_preds.append((split.name, test, result.threshold))
+        per_fold.append(metrics)
+        _emit(on_event, "fold_end", **metrics)
+    summary = CvSummary(per_fold, summarise_folds(per_fold), out_dir, checkpoints)
+    _write_summary(summary, recipe, splits, all_preds, labels.class_names)
+    return summary
+
+
+def evaluate_checkpoint(checkpoint: Path, features_dir: Path, labels_csv: Path, out_dir: Path) -> dict[str, Any]:
+    """Evaluate a checkpoint on every labelled slide of a feature folder at the checkpoint's threshold.
+
+    Writes ``predictions.csv`` and ``metrics.json`` in ``out_dir`` and returns the metrics.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    labels = read_labels(labels_csv, class_names=ckpt.meta.class_names)
+    files = find_feature_files(features_dir, labels.slide_ids)
+    probe = _read(files[labels.slide_ids[0]])
+    ckpt.check_feature_dim(probe.dim, source=f"features in {features_dir}")
+    ds = BagDataset(
+        [files[s] for s in labels.slide_ids],
+        labels.y.tolist(),
+        group_tokens=ckpt.meta.group_tokens,
+        needs_context=ckpt.meta.group_tokens,
+        cache=False,
+    )
+    pred = predict(ckpt.model, ds)
+    metrics = {"checkpoint": str(checkpoint), **evaluate_predictions(pred, threshold=ckpt.meta.threshold)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_predictions_csv(out_dir / "predictions.csv", pred, labels.class_names, threshold=ckpt.meta.threshold)
+    _write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=str))
+    return metrics
+
+
+def _sources(features_dir: Path, labels: Labels, bags: Sequence[FeatureBag] | None) -> dict[str, Any]:
+    if bags is None:
+        return dict(find_feature_files(features_dir, labels.slide_ids))
+    by_id = {b.slide_id: b for b in bags}
+    missing = [s for s in labels.slide_ids if s not in by_id]
+    if missing:
+        raise ConfigError(f"no bag for labelled slides {', '.join(missing[:3])}")
+    return by_id
+
+
+def _read(path: Path) -> FeatureBag:
+    from sammil_deploy.features.store import read_bag
+
+    return read_bag(path)
+
+
+def _emit(on_event: Event | None, kind: str, **payload: Any) -> None:
+    if on_event is not None:
+        on_event(kind, payload)
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_summary(
+    summary: CvSummary,
+    recipe: TrainRecipe,
+    splits: Sequence[Split],
+    preds: Sequence[tuple[str, Predictions, float | None]],
+    class_names: Sequence[str],
+) -> None:
+    out = summary.out_dir
+    payload = {
+        "protocol": "epoch and threshold chosen on a validation split of each training fold; test fold "
+        "used once (the official SAM-MIL code uses validation = test)",
+        "recipe": to_dict(recipe),
+        "folds": summary.folds,
+        "mean_std": summary.mean_std,
+        "splits": [dataclasses.asdict(s) for s in splits],
+        "checkpoints": [str(p) for p in summary.checkpoints],
+    }
+    _write_text(out / "summary.json", json.dumps(payload, indent=2, default=str))
+    columns = ["fold", "best_epoch", "epochs_run", "n", "auc", "accuracy", "f1", "threshold", "loss"]
+    rows = [[f.get(c, "") for c in columns] for f in summary.folds]
+    rows.append(["mean", "", "", "", *[summary.mean_std.get(c, {}).get("mean", "") for c in columns[4:7]], "", ""])
+    rows.append(["std", "", "", "", *[summary.mean_std.get(c, {}).get("std", "") for c in columns[4:7]], "", ""])
+    tmp = out / "summary.csv.partial"
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([columns, *rows])
+    os.replace(tmp, out / "summary.csv")
+    tmp = out / "predictions.csv.partial"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["slide_id", "fold", "label", *[f"prob_{c}" for c in class_names]])
+        for fold, pred, _ in preds:
+            for sid, y, p in zip(pred.slide_ids, pred.labels, pred.probs, strict=True):
+                writer.writerow([sid, fold, class_names[y], *[f"{v:.6f}" for v in p]])
+    os.replace(tmp, out / "predictions.csv")
+
+
+__all__ = ["CvSummary", "EpochRecord", "evaluate_checkpoint", "train_cross_validation"]
