@@ -106,19 +106,19 @@ def layernorm_decomposition_nodes(graph: onnx.GraphProto) -> set[str]:
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
-    keep: set[str] = set()
-    for node in graph.node:
-        if node.op_type == "Sub" and len(node.input) == 2 and made_by(node.input[1], "ReduceMean"):
-            keep.add(node.name)
-        elif node.op_type == "Div" and len(node.input) == 2 and made_by(node.input[1], "Sqrt"):
-            keep.add(node.name)
-        elif (
+
+    def is_decomposed_ln(node: onnx.NodeProto) -> bool:
+        if node.op_type == "Sub" and len(node.input) == 2:
+            return made_by(node.input[1], "ReduceMean")  # x - mean(x)
+        if node.op_type == "Div" and len(node.input) == 2:
+            return made_by(node.input[1], "Sqrt")  # (x - mean) / sqrt(var + eps)
+        return (  # var + eps, feeding the Sqrt
             node.op_type == "Add"
             and any(made_by(i, "ReduceMean") for i in node.input)
             and any(c.op_type == "Sqrt" for c in consumers[node.output[0]])
-        ):
-            keep.add(node.name)
-    return keep
+        )
+
+    return {node.name for node in graph.node if is_decomposed_ln(node)}
 
 
 def _infer_elem_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -258,11 +258,7 @@ class _Plan:
             if tensor.data_type == self.FLOAT and self.home.get(tensor.name) == self.HALF:
                 self.graph.initializer[i].CopyFrom(to_half(tensor))
         for node in self.graph.node:
-            if node.op_type == "Constant" and self.home.get(node.output[0]) == self.HALF:
-                for attr in node.attribute:
-                    if attr.name == "value" and attr.t.data_type == self.FLOAT:
-                        attr.t.CopyFrom(to_half(attr.t))
-            elif node.op_type == "ConstantOfShape" and self.home.get(node.output[0]) == self.HALF:
+            if node.op_type in ("Constant", "ConstantOfShape") and self.home.get(node.output[0]) == self.HALF:
                 for attr in node.attribute:
                     if attr.name == "value" and attr.t.data_type == self.FLOAT:
                         attr.t.CopyFrom(to_half(attr.t))

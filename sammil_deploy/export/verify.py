@@ -229,7 +229,8 @@ def compare_outputs(
                 ious.append(mask_iou(ref, cand).ravel())
             if max_abs >= worst_abs:
                 worst_abs, worst_shape = max_abs, ref.shape
-                worst_idx = (k, *(int(i) for i in np.unravel_index(int(diff.argmax()), diff.shape))) if diff.size else (k,)
+                flat = int(diff.argmax()) if diff.size else 0
+                worst_idx = (k, *(int(i) for i in np.unravel_index(flat, diff.shape))) if diff.size else (k,)
             worst_rel, worst_cos = max(worst_rel, max_rel), min(worst_cos, cosine)
         iou = float(np.concatenate(ious).mean()) if ious else None
         if iou is not None:
