@@ -44,10 +44,12 @@ def grid_coords_level0_xy(dimensions_wh: tuple[int, int], patch_px: int, n: int)
 
 
 def synthetic_slide(folder: Path) -> Path:
-    """A synthetic pyramidal TIFF from the library's test/demo generator."""
-    from sammil_deploy.slide.synthetic import write_synthetic_slide
+    """The library's default synthetic slide (6144x4608 px, 0.25 mpp, JPEG tiles, Aperio-style) in ``folder``."""
+    from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
-    return write_synthetic_slide(folder / "bench_slide.tiff")
+    path = folder / "bench_slide.svs"
+    write_synthetic_slide(path, SyntheticSlideSpec())
+    return path
 
 
 def time_passes(loader: torch.utils.data.DataLoader, repeats: int) -> tuple[float, list[float]]:

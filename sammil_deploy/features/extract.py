@@ -137,6 +137,7 @@ def extract_features(
     cfg: ExtractConfig,
     *,
     patch_level: int = 0,
+    read_size_px: int | None = None,
     progress: ProgressFn | None = None,
     mpp: float | None = None,
 ) -> np.ndarray:
@@ -149,6 +150,7 @@ def extract_features(
         encoder: From :func:`build_encoder`; moved to the configured device in place.
         cfg: Batch size, workers, device, precision and resize filter.
         patch_level: Level the patches are read at.
+        read_size_px: Patch side read at ``patch_level`` (default: level-0 size / level downsample).
         progress: Called as ``progress(done, total)`` after each batch.
         mpp: Optional mpp override for slides without metadata.
 
@@ -168,7 +170,9 @@ def extract_features(
     if coords.shape[0] == 0:
         return out
     transform = PatchTransform(encoder.input_size_px, cfg.interpolation or encoder.interpolation)
-    dataset = PatchDataset(slide_path, coords, patch_size_level0_px, patch_level, transform, mpp=mpp)
+    dataset = PatchDataset(
+        slide_path, coords, patch_size_level0_px, patch_level, transform, read_size_px=read_size_px, mpp=mpp
+    )
     encoder = prepare_encoder(encoder, device)
     # One pass per slide: workers exit with the iterator instead of idling until garbage collection.
     loader = make_patch_loader(

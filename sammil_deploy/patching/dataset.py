@@ -26,7 +26,9 @@ class PatchDataset(Dataset):
         slide_path: Slide file.
         coords_level0_xy: (N, 2) int top-left corners in level-0 pixels.
         patch_size_level0_px: Patch side in level-0 pixels.
-        patch_level: Level to read at; the read size is ``patch_size_level0_px / downsample(level)``.
+        patch_level: Level to read at.
+        read_size_px: Side read at ``patch_level`` (a grid's ``patch_size_px``); default
+            ``round(patch_size_level0_px / downsample(patch_level))``.
         transform: Maps an (H, W, 3) uint8 patch to what a DataLoader batches (e.g. a (3, S, S) tensor).
         mpp: Optional mpp override passed to :func:`open_slide` (geometry only; reads do not need it).
 
@@ -41,6 +43,7 @@ class PatchDataset(Dataset):
         patch_level: int,
         transform: Callable[[np.ndarray], Any],
         *,
+        read_size_px: int | None = None,
         mpp: float | None = None,
     ) -> None:
         coords = np.asarray(coords_level0_xy)
@@ -48,6 +51,8 @@ class PatchDataset(Dataset):
             raise PatchingError(f"{Path(slide_path).name}: coords must be (N, 2) level-0 x, y; got {coords.shape}")
         if patch_size_level0_px <= 0:
             raise PatchingError(f"{Path(slide_path).name}: patch size must be > 0 px, got {patch_size_level0_px}")
+        if read_size_px is not None and read_size_px <= 0:
+            raise PatchingError(f"{Path(slide_path).name}: read size must be > 0 px, got {read_size_px}")
         self.slide_path = Path(slide_path)
         self.coords_level0_xy = coords.astype(np.int64, copy=False)
         self.patch_size_level0_px = int(patch_size_level0_px)
@@ -56,7 +61,7 @@ class PatchDataset(Dataset):
         self.mpp = mpp
         self._reader: SlideReader | None = None
         self._reader_pid: int | None = None
-        self._read_size_px: int | None = None
+        self._read_size_px = read_size_px
 
     def __len__(self) -> int:
         return int(self.coords_level0_xy.shape[0])
@@ -80,8 +85,9 @@ class PatchDataset(Dataset):
                     f"{self.slide_path.name}: patch level {self.patch_level} does not exist "
                     f"(levels 0..{info.level_count - 1})"
                 )
-            downsample = info.level_downsamples[self.patch_level]
-            self._read_size_px = max(1, round(self.patch_size_level0_px / downsample))
+            if self._read_size_px is None:
+                downsample = info.level_downsamples[self.patch_level]
+                self._read_size_px = max(1, round(self.patch_size_level0_px / downsample))
             self._reader, self._reader_pid = reader, pid
         return self._reader
 

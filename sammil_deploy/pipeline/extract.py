@@ -1,0 +1,345 @@
+"""Extract slides: tissue → patch grid → segments → patch features → group features → ``features/<id>.h5``.
+
+The feature HDF5 (``features.store`` schema) is written last and atomically, so its presence marks a slide
+done and a rerun over a folder skips it. The SAM image and masks go to ``segments/<id>.npz`` for inspection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sammil_deploy.config import apply_overrides, from_mapping, read_toml, to_dict
+from sammil_deploy.errors import ConfigError
+from sammil_deploy.features.extract import ExtractConfig
+from sammil_deploy.patching import PatchConfig
+from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord, run_batch
+from sammil_deploy.segment import SegmentConfig
+from sammil_deploy.tissue import TissueConfig, tissue_preset
+
+if TYPE_CHECKING:
+    from segment_anything.modeling import Sam
+
+    from sammil_deploy.features.encoders import PatchEncoder
+    from sammil_deploy.patching import PatchGrid
+    from sammil_deploy.slide import SlideInfo
+
+log = logging.getLogger(__name__)
+
+FEATURES_DIR = "features"
+SEGMENTS_DIR = "segments"
+
+PatchProgress = Callable[[Path, int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SlideExtractConfig:
+    """Everything ``extract`` does to one slide.
+
+    Attributes:
+        tissue: Tissue segmentation (CLAM defaults).
+        patch: Patch grid (SAM-MIL: 512 px at level 0).
+        segment: Segmenter (SAM with a checkpoint, or the fallback) and patch→mask membership.
+        features: Encoder, weights, batching, device and precision.
+        mpp: Microns per level-0 pixel to use instead of the slide's metadata (or when it has none).
+        save_segmentation: Also write ``segments/<id>.npz`` (SAM image + masks).
+    """
+
+    tissue: TissueConfig = field(default_factory=TissueConfig)
+    patch: PatchConfig = field(default_factory=PatchConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    features: ExtractConfig = field(default_factory=ExtractConfig)
+    mpp: float | None = None
+    save_segmentation: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mpp is not None and self.mpp <= 0:
+            raise ConfigError(f"mpp must be > 0, got {self.mpp}")
+
+
+def load_extract_config(
+    path: Path | None = None, *, preset: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> SlideExtractConfig:
+    """Defaults < tissue preset < TOML file < overrides (dotted keys such as ``"features.batch_size"``).
+
+    The TOML holds ``[tissue]``, ``[patch]``, ``[segment]`` and ``[features]`` tables and top-level ``mpp`` /
+    ``save_segmentation`` (inside an ``[extract]`` table if the file has one); ``preset = "tcga"`` names a CLAM
+    tissue preset, and ``preset`` here wins over it.
+
+    Raises:
+        ConfigError: On an unreadable file, unknown key, unknown preset or invalid value.
+    """
+    data = dict(read_toml(path)) if path is not None else {}
+    if isinstance(data.get("extract"), Mapping):
+        data = dict(data["extract"])
+    preset = preset or data.pop("preset", None)
+    if preset is not None:
+        tissue = data.get("tissue", {})
+        if not isinstance(tissue, Mapping):
+            raise ConfigError(f"{path}: 'tissue' must be a table")
+        data["tissue"] = {**tissue_preset(str(preset)), **tissue}
+    return apply_overrides(from_mapping(SlideExtractConfig, data), dict(overrides or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractResult:
+    """What ``extract_slide`` wrote and found.
+
+    Attributes:
+        slide_id: Slide file stem.
+        features_path: The feature HDF5.
+        segments_path: The segmentation ``.npz``, or ``None`` when not saved.
+        n_patches: Patch rows N.
+        n_masks: Masks the segmenter returned.
+        n_groups: Group tokens G (masks with at least one member patch).
+        segmenter: Which segmenter ran.
+        encoder: Encoder name.
+        weights_sha256: SHA-256 of the encoder weights, or ``"random"``.
+        stage_seconds: Wall time per stage (``tissue_patching``, ``segmentation``, ``features``, ``write``).
+        seconds: Total wall time.
+    """
+
+    slide_id: str
+    features_path: Path
+    segments_path: Path | None
+    n_patches: int
+    n_masks: int
+    n_groups: int
+    segmenter: str
+    encoder: str
+    weights_sha256: str
+    stage_seconds: dict[str, float]
+    seconds: float
+
+    @property
+    def patches_per_s(self) -> float:
+        """Feature-extraction throughput of this slide (patches / features-stage seconds)."""
+        feats_s = self.stage_seconds.get("features", 0.0)
+        return self.n_patches / feats_s if feats_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view."""
+        return {
+            "slide_id": self.slide_id,
+            "features_path": str(self.features_path),
+            "segments_path": None if self.segments_path is None else str(self.segments_path),
+            "n_patches": self.n_patches,
+            "n_masks": self.n_masks,
+            "n_groups": self.n_groups,
+            "segmenter": self.segmenter,
+            "encoder": self.encoder,
+            "weights_sha256": self.weights_sha256,
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "patches_per_s": round(self.patches_per_s, 2),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def features_path_for(out_dir: Path, slide: Path) -> Path:
+    """``<out>/features/<slide_id>.h5`` (the final output of a slide: its presence means done)."""
+    return Path(out_dir) / FEATURES_DIR / f"{Path(slide).stem}.h5"
+
+
+def segments_path_for(out_dir: Path, slide: Path) -> Path:
+    """``<out>/segments/<slide_id>.npz``."""
+    return Path(out_dir) / SEGMENTS_DIR / f"{Path(slide).stem}.npz"
+
+
+def extract_slide(
+    path: Path,
+    cfg: SlideExtractConfig,
+    out_dir: Path,
+    *,
+    encoder: PatchEncoder | None = None,
+    sam: Sam | None = None,
+    progress: PatchProgress | None = None,
+) -> ExtractResult:
+    """Run the whole extraction on one slide and write its feature file.
+
+    Args:
+        path: Slide file.
+        cfg: Stage configs.
+        out_dir: Output root (``features/`` and ``segments/`` are created inside).
+        encoder: A built encoder to reuse across slides; built from ``cfg.features`` when None.
+        sam: A loaded SAM model to reuse across slides (``segment.automask.load_sam``); loaded when needed.
+        progress: Called as ``progress(slide, patches_done, patches_total)`` during feature extraction.
+
+    Returns:
+        Counts, provenance and per-stage timings.
+
+    Raises:
+        SlideError, TissueError, PatchingError, SegmentationError, WeightsError, ConfigError: On bad input;
+            nothing is left in ``out_dir`` for this slide then.
+    """
+    from sammil_deploy.features.bag import FeatureBag, SpatialContext, group_features_from_memberships
+    from sammil_deploy.features.extract import build_encoder, extract_features
+    from sammil_deploy.features.store import write_bag
+    from sammil_deploy.patching import make_patch_grid, require_patch_fits
+    from sammil_deploy.segment import assign_patches, segment_slide
+    from sammil_deploy.segment.io import save_segmentation
+    from sammil_deploy.slide import open_slide
+    from sammil_deploy.tissue import detect_tissue
+
+    path = Path(path)
+    start = time.perf_counter()
+    stages: dict[str, float] = {}
+    encoder = encoder if encoder is not None else build_encoder(cfg.features)
+
+    with open_slide(path, mpp=cfg.mpp) as reader:
+        info = reader.info
+        require_patch_fits(info, cfg.patch)
+        tissue = detect_tissue(reader, cfg.tissue)
+        grid = make_patch_grid(info, tissue, cfg.patch)
+        stages["tissue_patching"] = _lap(start)
+        sam_image, segmentation = segment_slide(reader, tissue.bbox_level0, cfg.segment, sam=sam)
+        assignment = assign_patches(
+            segmentation, sam_image, grid.coords_level0_xy, grid.patch_size_level0_px, mode=cfg.segment.membership
+        )
+        stages["segmentation"] = _lap(start, stages)
+
+    features = extract_features(
+        path,
+        grid.coords_level0_xy,
+        grid.patch_size_level0_px,
+        encoder,
+        cfg.features,
+        patch_level=grid.patch_level,
+        read_size_px=grid.patch_size_px,
+        progress=None if progress is None else lambda done, total: progress(path, done, total),
+        mpp=cfg.mpp,
+    )
+    stages["features"] = _lap(start, stages)
+
+    context = SpatialContext(
+        segment_id=assignment.segment_id,
+        segment_area_px=assignment.segment_area_px,
+        membership_patch=assignment.membership_patch,
+        membership_mask=assignment.membership_mask,
+        group_ids=assignment.group_ids,
+        group_area_px=assignment.group_area_px,
+        group_features=group_features_from_memberships(
+            features, assignment.membership_patch, assignment.membership_mask, assignment.group_ids
+        ),
+        tissue_area_px=assignment.tissue_area_px,
+        segmenter=assignment.segmenter,
+    )
+    bag = FeatureBag(
+        slide_id=info.slide_id,
+        coords_level0_xy=grid.coords_level0_xy,
+        features=features,
+        patch_size_level0_px=grid.patch_size_level0_px,
+        patch_level=grid.patch_level,
+        context=context,
+        attrs=_provenance(cfg, encoder, info, grid, segmentation.config, assignment.mode),
+    )
+    out_path, seg_path = features_path_for(out_dir, path), segments_path_for(out_dir, path)
+    saved_seg: Path | None = None
+    try:
+        if cfg.save_segmentation:
+            seg_path.parent.mkdir(parents=True, exist_ok=True)
+            saved_seg = save_segmentation(seg_path, sam_image, segmentation)
+        write_bag(out_path, bag)  # last: its presence marks the slide done
+    except BaseException:
+        if saved_seg is not None:
+            saved_seg.unlink(missing_ok=True)
+        raise
+    stages["write"] = _lap(start, stages)
+    return ExtractResult(
+        slide_id=info.slide_id,
+        features_path=out_path,
+        segments_path=saved_seg,
+        n_patches=len(grid),
+        n_masks=len(segmentation.crops),
+        n_groups=context.n_groups,
+        segmenter=context.segmenter,
+        encoder=encoder.name,
+        weights_sha256=encoder.weights_sha256,
+        stage_seconds=stages,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def extract_slides(
+    paths: Iterable[Path],
+    cfg: SlideExtractConfig,
+    out_dir: Path,
+    *,
+    continue_on_error: bool = True,
+    overwrite: bool = False,
+    on_record: Callable[[SlideRecord[ExtractResult]], None] | None = None,
+    progress: PatchProgress | None = None,
+) -> BatchSummary[ExtractResult]:
+    """``extract_slide`` over many slides, loading the encoder (and SAM) once.
+
+    Slides whose feature file exists are skipped unless ``overwrite``; a slide that raises a SammilError is
+    recorded and the run goes on (unless ``continue_on_error`` is False).
+
+    Args:
+        paths: Slide files.
+        cfg: Shared config.
+        out_dir: Output root.
+        continue_on_error: Record failing slides and go on.
+        overwrite: Redo slides that already have a feature file.
+        on_record: Called with each slide's record as it finishes.
+        progress: Per-patch progress, as in :func:`extract_slide`.
+
+    Returns:
+        Per-slide records; ``summary.all_succeeded`` is False if any slide failed.
+
+    Raises:
+        WeightsError, ConfigError: If the encoder or SAM cannot be loaded (nothing can run then).
+    """
+    from sammil_deploy.features.extract import build_encoder
+
+    paths = [Path(p) for p in paths]
+    todo = [p for p in paths if overwrite or not features_path_for(out_dir, p).exists()]
+    encoder = build_encoder(cfg.features) if todo else None
+    sam = None
+    if todo and cfg.segment.resolved_segmenter == "sam":
+        from sammil_deploy.segment.automask import load_sam
+
+        sam = load_sam(cfg.segment)
+    return run_batch(
+        paths,
+        lambda p: extract_slide(p, cfg, out_dir, encoder=encoder, sam=sam, progress=progress),
+        lambda p: features_path_for(out_dir, p),
+        overwrite=overwrite,
+        continue_on_error=continue_on_error,
+        on_record=on_record,
+    )
+
+
+def _lap(start: float, stages: Mapping[str, float] | None = None) -> float:
+    """Seconds since ``start`` minus the stages already timed."""
+    return time.perf_counter() - start - sum((stages or {}).values())
+
+
+def _provenance(
+    cfg: SlideExtractConfig,
+    encoder: PatchEncoder,
+    info: SlideInfo,
+    grid: PatchGrid,
+    seg_config: dict[str, Any],
+    membership: str,
+) -> dict[str, Any]:
+    """File attrs: encoder and weights, every stage config, slide geometry (the store adds the version)."""
+    return {
+        "encoder": encoder.name,
+        "encoder_meta": encoder.meta.to_dict(),
+        "encoder_weights_sha256": encoder.weights_sha256,
+        "resize_interpolation": cfg.features.interpolation or encoder.interpolation,
+        "precision": cfg.features.precision,
+        "extract_config": to_dict(cfg),
+        "segmenter_config": seg_config,
+        "membership_mode": membership,
+        "slide_mpp": info.mpp,
+        "slide_mpp_source": info.mpp_source,
+        "slide_width_px": info.dimensions_wh[0],
+        "slide_height_px": info.dimensions_wh[1],
+        "patch_size_px": grid.patch_size_px,
+        "target_mpp": grid.target_mpp,
+    }
