@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from sammil_deploy.cli import (
+    data,  # noqa: F401  (make-demo-data)
     extract,  # noqa: F401
     info,  # noqa: F401  (registers commands)
     preprocess,  # noqa: F401
