@@ -69,7 +69,9 @@ def test_equal_areas_tie_goes_to_lower_id_in_label_map_and_category():
     hw = (8, 8)
     a_mask, b_mask = box_mask(hw, 0, 0, 4, 4), box_mask(hw, 2, 2, 6, 6)
     seg = Segmentation.from_masks([a_mask, b_mask], hw, "test")
-    assert seg.label_map[3, 3] == 0 and seg.label_map[5, 5] == 1 and seg.label_map[7, 7] == -1
+    assert seg.label_map[3, 3] == 0
+    assert seg.label_map[5, 5] == 1
+    assert seg.label_map[7, 7] == -1
     a = assign_patches(seg, make_sam_image(*hw, residual=1), np.array([[102, 202]]), 2)  # pixels [2,4)^2
     assert a.segment_id.tolist() == [0]
 
@@ -145,10 +147,12 @@ def test_random_masks_match_brute_force(residual, patch_px):
     for i in range(len(coords)):
         ks = [k for p, k in got if p == i]
         if not ks:
-            assert a.segment_id[i] == -1 and a.segment_area_px[i] == 0
+            assert a.segment_id[i] == -1
+            assert a.segment_area_px[i] == 0
         else:
             best = min(ks, key=lambda k: (seg.areas_px[k], k))
-            assert a.segment_id[i] == best and a.segment_area_px[i] == seg.areas_px[best]
+            assert a.segment_id[i] == best
+            assert a.segment_area_px[i] == seg.areas_px[best]
 
 
 def test_official_mode_with_zero_window_finds_nothing(caplog):
@@ -199,5 +203,6 @@ def test_assignment_maps_onto_spatial_context(tmp_path):
     b = assign_patches(seg2, sam_image2, coords, 16)
     np.testing.assert_array_equal(a.membership_patch, b.membership_patch)
     np.testing.assert_array_equal(a.segment_id, b.segment_id)
-    assert seg2.segmenter == "test" and seg2.tissue_area_px == 1024
+    assert seg2.segmenter == "test"
+    assert seg2.tissue_area_px == 1024
     assert not list(tmp_path.glob("*.partial"))
