@@ -60,7 +60,8 @@ def load_preprocess_config(
     data = dict(read_toml(path)) if path is not None else {}
     if isinstance(data.get("preprocess"), Mapping):
         data = dict(data["preprocess"])
-    preset = preset or data.pop("preset", None)
+    file_preset = data.pop("preset", None)
+    preset = preset or file_preset
     if preset is not None:
         tissue = data.get("tissue", {})
         if not isinstance(tissue, Mapping):
@@ -194,7 +195,15 @@ def preprocess_slides(
 
     Returns:
         Per-slide records; ``summary.all_succeeded`` is False if any slide failed.
+
+    Raises:
+        ConfigError: If two slides have the same id (``a.svs`` and ``a.tif``).
     """
+    paths = [Path(p) for p in paths]
+    stems = [p.stem for p in paths]
+    clashes = sorted({str(p) for p in paths if stems.count(p.stem) > 1})
+    if clashes:
+        raise ConfigError(f"slides share a slide id (file name without extension), so outputs would clash: {clashes}")
     return run_batch(
         paths,
         lambda p: preprocess_slide(p, cfg, out_dir),
