@@ -95,3 +95,50 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
         if "trt" in item.keywords and not (has_cuda and has_trt):
             item.add_marker(pytest.mark.skip(reason="needs TensorRT on a CUDA GPU"))
+
+
+# --- synthetic pyramidal slides (sammil_deploy.slide.synthetic), written once per session ------------------------
+
+SYNTHETIC_SLIDE_SPEC_KW = {"width_px": 6144, "height_px": 5120, "mpp": 0.25, "seed": 7, "tumour": True}
+
+
+@pytest.fixture(scope="session")
+def _synthetic_slide_and_truth(tmp_path_factory):
+    from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    path = tmp_path_factory.mktemp("synthetic") / "synthetic_tumour.svs"
+    truth = write_synthetic_slide(path, SyntheticSlideSpec(**SYNTHETIC_SLIDE_SPEC_KW))
+    return path, truth
+
+
+@pytest.fixture(scope="session")
+def synthetic_slide(_synthetic_slide_and_truth) -> Path:
+    """Aperio-style .svs, 6144x5120 px at 0.25 mpp (40x), levels 1/4/16, 512 px JPEG tiles, with a tumour focus."""
+    return _synthetic_slide_and_truth[0]
+
+
+@pytest.fixture(scope="session")
+def synthetic_slide_truth(_synthetic_slide_and_truth):
+    """SyntheticTruth of ``synthetic_slide``: tissue/tumour masks; ``tumour_fraction(xy_level0, (w, h))``."""
+    return _synthetic_slide_and_truth[1]
+
+
+@pytest.fixture(scope="session")
+def blank_slide(tmp_path_factory) -> Path:
+    """Same format, 2048x1536 px at 0.25 mpp, levels 1/4, glass only (white ~244 with scanner noise)."""
+    from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    path = tmp_path_factory.mktemp("synthetic") / "blank.svs"
+    write_synthetic_slide(path, SyntheticSlideSpec(width_px=2048, height_px=1536, n_tissue_pieces=0, seed=1))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_slide(tmp_path_factory) -> Path:
+    """Same format, 400x300 px at 0.25 mpp (smaller than one 512 px patch), one level, one piece of tissue."""
+    from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    path = tmp_path_factory.mktemp("synthetic") / "tiny.svs"
+    spec = SyntheticSlideSpec(width_px=400, height_px=300, n_tissue_pieces=1, n_lumens=0, seed=2)
+    write_synthetic_slide(path, spec)
+    return path
