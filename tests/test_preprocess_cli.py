@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import write_annulus_tiff
 from PIL import Image
 
 from sammil_deploy.cli import main
@@ -80,17 +79,38 @@ def test_synthetic_slide_preview_shows_contours_and_grid(monkeypatch, capsys, tm
     assert not dark[:20, :20].any()
 
 
-def test_bad_inputs_fail_with_one_line_and_leave_nothing(monkeypatch, capsys, tmp_path):
+def test_synthetic_tissue_slide_patches_lie_on_tissue(
+    monkeypatch, capsys, tmp_path, synthetic_slide, synthetic_slide_truth
+):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(
+        monkeypatch, capsys, "preprocess", synthetic_slide, "--out", out, "--preset", "bwh_biopsy", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(stdout)["slides"][0]["result"]["n_contours"] >= 1
+    grid = read_coords_h5(out / "patches/synthetic_tumour.h5").grid
+    size = grid.patch_size_level0_px
+    fractions = [synthetic_slide_truth.tissue_fraction(tuple(xy), (size, size)) for xy in grid.coords_level0_xy]
+    assert min(fractions) > 0.02  # every patch touches real tissue
+    # The union of patches covers nearly all of the tissue (only fragments below a_t are left out).
+    truth_mask, cell = synthetic_slide_truth.tissue_mask, synthetic_slide_truth.mask_downsample
+    covered = np.zeros_like(truth_mask)
+    for x, y in grid.coords_level0_xy:
+        covered[int(y // cell) : int(np.ceil((y + size) / cell)), int(x // cell) : int(np.ceil((x + size) / cell))] = (
+            True
+        )
+    assert (covered & truth_mask).sum() / truth_mask.sum() > 0.9
+
+
+def test_bad_inputs_fail_with_one_line_and_leave_nothing(monkeypatch, capsys, tmp_path, blank_slide, tiny_slide):
     out = tmp_path / "out"
     fake = tmp_path / "fake.svs"
     fake.write_text("this is not a slide\n")
-    blank = write_annulus_tiff(tmp_path / "blank.tif", (2048, 2048), centre_xy=(0, 0), radius_px=0)
-    tiny = write_annulus_tiff(tmp_path / "tiny.tif", (300, 300), centre_xy=(150, 150), radius_px=120, downsamples=(1,))
     cases = [
         (tmp_path / "missing.svs", "no such file or folder"),
         (fake, "fake.svs: not a slide format"),
-        (blank, "blank.tif: no tissue found"),
-        (tiny, "tiny.tif: the slide (300x300 level-0 px) is smaller than one patch"),
+        (blank_slide, "blank.svs: no tissue found"),
+        (tiny_slide, "tiny.svs: the slide (400x300 level-0 px) is smaller than one patch"),
     ]
     for slide, message in cases:
         code, stdout, err = run_cli(monkeypatch, capsys, "preprocess", slide, "--out", out)

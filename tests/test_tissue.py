@@ -7,7 +7,6 @@ import math
 import cv2
 import numpy as np
 import pytest
-from conftest import write_annulus_tiff
 
 from sammil_deploy.errors import ConfigError, TissueError
 from sammil_deploy.slide import open_slide
@@ -111,11 +110,10 @@ def test_area_filter_threshold_is_in_reference_patches(annulus_slide):
         assert detect_tissue(reader, TissueConfig(max_n_holes=0)).n_holes == 0
 
 
-def test_blank_slide_raises_tissue_error_naming_file(tmp_path):
-    path = write_annulus_tiff(tmp_path / "blank.tif", (2048, 2048), centre_xy=(0, 0), radius_px=0)
-    with open_slide(path) as reader:
+def test_blank_slide_raises_tissue_error_naming_file(blank_slide):
+    with open_slide(blank_slide) as reader:
         for cfg in (TissueConfig(), TissueConfig(use_otsu=True)):
-            with pytest.raises(TissueError, match=r"blank\.tif: no tissue found"):
+            with pytest.raises(TissueError, match=r"blank\.svs: no tissue found"):
                 detect_tissue(reader, cfg)
 
 

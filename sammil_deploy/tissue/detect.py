@@ -133,7 +133,7 @@ def detect_tissue(reader: SlideReader, cfg: TissueConfig) -> TissueResult:
         threshold = "the Otsu threshold" if cfg.use_otsu else f"sthresh={cfg.sthresh}"
         raise TissueError(
             f"{info.path.name}: no tissue found: no region at seg level {level} has saturation above {threshold}; "
-            "lower --sthresh, try --use-otsu, or use a preset (--preset bwh_biopsy); is the slide blank?"
+            "is the slide blank? If not, lower --sthresh or try --use-otsu"
         )
 
     mask = np.zeros((height, width), np.uint8)
