@@ -15,7 +15,7 @@ from sammil_deploy.cli.app import app, console, print_json
 def preprocess_cmd(
     slide_or_dir: Annotated[Path, typer.Argument(help="A slide file, or a folder of slides.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (patches/ and previews/ go inside).")],
-    config: Annotated[Path | None, typer.Option(help="TOML with [tissue] and [patch] tables.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config: tissue and patch tables, mpp, preset.")] = None,
     preset: Annotated[str | None, typer.Option(help="CLAM tissue preset: bwh_biopsy, tcga or bwh_resection.")] = None,
     patch_size: Annotated[int | None, typer.Option(help="Patch side in px at --patch-level or --target-mpp.")] = None,
     step: Annotated[int | None, typer.Option(help="Grid step in the same px (default: the patch size).")] = None,
@@ -59,7 +59,7 @@ def preprocess_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("preprocess", total=len(slides))
         summary = preprocess_slides(
             slides, cfg, out, overwrite=overwrite, progress=lambda _record: progress.advance(task)
