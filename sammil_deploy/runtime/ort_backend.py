@@ -1,0 +1,198 @@
+"""ONNX Runtime backend: TensorRT, CUDA or CPU execution providers, chosen automatically or forced.
+
+``providers="auto"`` takes the first available of TensorRT → CUDA → CPU (ONNX Runtime itself falls back to
+the next one if a provider's libraries fail to load; :attr:`OrtBackend.providers` records what the session
+really uses). Forcing a provider that is not available, or that the session dropped, is an error naming what
+is available and how to install the missing one — never a silent fallback.
+
+The TensorRT provider gets ``trt_fp16_enable`` from the model's precision metadata and an engine/timing cache
+folder next to the model (``<model>.ort_trt_cache/``), so its engines are built once per machine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sammil_deploy._deps import require
+from sammil_deploy.errors import BackendError, ConfigError
+from sammil_deploy.runtime.artifacts import TensorSpec, read_onnx_metadata
+from sammil_deploy.runtime.base import ArrayLike, Backend
+
+log = logging.getLogger(__name__)
+
+TRT_EP = "TensorrtExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+AUTO_ORDER = (TRT_EP, CUDA_EP, CPU_EP)
+PROVIDER_ALIASES = {"tensorrt": TRT_EP, "trt": TRT_EP, "cuda": CUDA_EP, "cpu": CPU_EP}
+_INSTALL_HINT = {
+    TRT_EP: "install onnxruntime-gpu (pip install 'sammil-deploy[ort-gpu]') and TensorRT "
+    "(pip install tensorrt --extra-index-url https://pypi.nvidia.com), on a CUDA machine",
+    CUDA_EP: "install onnxruntime-gpu instead of onnxruntime (pip uninstall onnxruntime && "
+    "pip install 'sammil-deploy[ort-gpu]'), on a CUDA machine",
+}
+# ONNX element types as ORT names them → numpy dtype names.
+_ORT_TYPES = {"float": "float32", "double": "float64", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def resolve_providers(requested: str | Sequence[str], available: Sequence[str]) -> list[str]:
+    """Turn ``"auto"``, an alias (``"cuda"``) or provider names into an ordered provider list.
+
+    Args:
+        requested: ``"auto"``, one name/alias, or a sequence of names/aliases in priority order.
+        available: ``onnxruntime.get_available_providers()``.
+
+    Raises:
+        BackendError: If a requested provider is not available (names the available ones and the install fix).
+    """
+    if isinstance(requested, str) and requested.lower() == "auto":
+        chosen = [p for p in AUTO_ORDER if p in available]
+        return chosen or list(available)
+    names = [requested] if isinstance(requested, str) else list(requested)
+    if not names:
+        raise ConfigError("providers must be 'auto' or a non-empty list of execution providers")
+    resolved = [PROVIDER_ALIASES.get(n.lower(), n) for n in names]
+    for name in resolved:
+        if name not in available:
+            hint = _INSTALL_HINT.get(name, "check the provider name")
+            raise BackendError(
+                f"onnxruntime execution provider {name} is not available here (available: {list(available)}); "
+                f"to use it, {hint}; or pass providers='auto'"
+            )
+    return resolved
+
+
+def _numpy_dtype(ort_type: str) -> str:
+    """``"tensor(float)"`` → ``"float32"``."""
+    inner = ort_type.removeprefix("tensor(").removesuffix(")")
+    return _ORT_TYPES.get(inner, inner)
+
+
+def _spec(node: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, (int, str)) and d != -1 else None for d in node.shape)
+    return TensorSpec(node.name, _numpy_dtype(node.type), shape)
+
+
+class OrtBackend(Backend):
+    """An ONNX file in an ``onnxruntime.InferenceSession``.
+
+    Args:
+        onnx_path: ``.onnx`` file; external weights (``<name>.onnx.data``) are found next to it.
+        providers: ``"auto"``, one provider (``"cpu"``, ``"cuda"``, ``"tensorrt"`` or the full ORT name) or a
+            priority list.
+        device_id: CUDA device for the CUDA/TensorRT providers.
+        intra_op_threads: CPU threads per operator (0: ONNX Runtime's default, all cores).
+        trt_cache_dir: Engine/timing cache folder for the TensorRT provider (default ``<model>.ort_trt_cache``).
+    """
+
+    kind = "onnxruntime"
+
+    def __init__(
+        self,
+        onnx_path: Path | str,
+        *,
+        providers: str | Sequence[str] = "auto",
+        device_id: int = 0,
+        intra_op_threads: int = 0,
+        trt_cache_dir: Path | None = None,
+    ) -> None:
+        if intra_op_threads < 0:
+            raise ConfigError(f"intra_op_threads must be >= 0 (0 = onnxruntime default), got {intra_op_threads}")
+        if device_id < 0:
+            raise ConfigError(f"device_id must be >= 0, got {device_id}")
+        self.onnx_path = Path(onnx_path)
+        super().__init__(device="cpu", artifact=self.onnx_path.name)
+        self.requested_providers = providers
+        self.device_id = device_id
+        self.intra_op_threads = intra_op_threads
+        self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir else None
+        self.metadata: dict[str, Any] = {}
+        self.providers: list[str] = []
+        self._session: Any = None
+        self._output_names: list[str] = []
+
+    def _load(self) -> None:
+        ort = require("onnxruntime", extra="ort")
+        if not self.onnx_path.is_file():
+            raise BackendError(f"{self.onnx_path}: ONNX model not found; export it with `sammil-deploy export`")
+        self.metadata = read_onnx_metadata(self.onnx_path)
+        chosen = resolve_providers(self.requested_providers, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.intra_op_threads:
+            options.intra_op_num_threads = self.intra_op_threads
+        errors = _ort_errors(ort)
+        try:
+            # By path, so ORT resolves external-data files relative to the model (>2 GB SAM ViT-H).
+            session = ort.InferenceSession(
+                str(self.onnx_path), options, providers=chosen, provider_options=[self._options(p) for p in chosen]
+            )
+        except errors as err:
+            raise BackendError(
+                f"{self.onnx_path}: onnxruntime cannot load the model with {chosen} ({type(err).__name__}: {err}); "
+                "re-export it with `sammil-deploy export` or try providers='cpu'"
+            ) from None
+        used = session.get_providers()
+        if self.requested_providers != "auto":
+            dropped = [p for p in chosen if p not in used]
+            if dropped:
+                raise BackendError(
+                    f"{self.onnx_path}: onnxruntime could not initialise {dropped} (session uses {used}); "
+                    f"check the CUDA/TensorRT libraries: {_INSTALL_HINT.get(dropped[0], '')}"
+                )
+        self._session = session
+        self.providers = used
+        self.device = "cpu" if used[0] == CPU_EP else f"cuda:{self.device_id}"
+        self._input_spec = tuple(_spec(node) for node in session.get_inputs())
+        self._output_spec = tuple(_spec(node) for node in session.get_outputs())
+        self._output_names = [t.name for t in self._output_spec]
+        log.info("onnxruntime %s on %s", self.onnx_path.name, used)
+
+    def _options(self, provider: str) -> dict[str, Any]:
+        if provider == TRT_EP:
+            cache = self.trt_cache_dir or self.onnx_path.with_name(self.onnx_path.stem + ".ort_trt_cache")
+            cache.mkdir(parents=True, exist_ok=True)
+            return {
+                "device_id": self.device_id,
+                "trt_fp16_enable": self.metadata.get("precision") == "fp16",
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(cache),
+            }
+        if provider == CUDA_EP:
+            return {"device_id": self.device_id}
+        return {}
+
+    def _close(self) -> None:
+        self._session = None
+
+    def _infer(self, inputs: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
+        feeds = {name: _to_numpy(value) for name, value in inputs.items()}
+        try:
+            values = self._session.run(self._output_names, feeds)
+        except _ort_errors(require("onnxruntime", extra="ort")) as err:
+            raise BackendError(f"{self.label}: onnxruntime run failed ({type(err).__name__}: {err})") from None
+        self._match_outputs(values, self._output_names)
+        return dict(zip(self._output_names, values, strict=True))
+
+    def _details(self) -> dict[str, Any]:
+        return {"providers": list(self.providers), "precision": self.metadata.get("precision", "unknown")}
+
+
+def _to_numpy(value: ArrayLike) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    return value.detach().cpu().numpy()  # torch tensor (dtype already validated)
+
+
+def _ort_errors(ort: Any) -> tuple[type[BaseException], ...]:
+    """ORT's pybind exceptions (they derive from Exception, not RuntimeError) plus the Python ones it raises."""
+    state = ort.capi.onnxruntime_pybind11_state
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "InvalidProtobuf", "InvalidGraph", "RuntimeException", "EPFail")
+    return (RuntimeError, ValueError, *(getattr(state, n) for n in names if hasattr(state, n)))
