@@ -9,6 +9,7 @@ from sammil_deploy.cli import (
     extract,  # noqa: F401
     info,  # noqa: F401  (registers commands)
     preprocess,  # noqa: F401
+    train,  # noqa: F401  (train, evaluate, import-checkpoint)
 )
 from sammil_deploy.cli.app import State, app, console
 from sammil_deploy.errors import SammilError

@@ -294,18 +294,19 @@ MODEL_PRESETS = tuple(_MODEL_PRESETS)
 def load_recipe(
     path: Path | None = None, *, preset: str | None = None, overrides: Mapping[str, Any] | None = None
 ) -> TrainRecipe:
-    """Build a recipe: ``--model`` preset, then the TOML file, then dotted CLI overrides (later wins).
+    """Build a recipe: defaults, then the TOML file, then the ``--model`` preset, then dotted CLI overrides.
+
+    A preset only sets what defines the model family (``abmil`` turns every SAM-MIL part off; ``sammil`` only
+    asks for attention MIL and keeps the file's SAM-MIL settings).
 
     Raises:
         ConfigError: On an unknown preset or key, or an invalid value or combination.
     """
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = read_toml(path) if path is not None else {}
     if preset is not None:
         if preset not in _MODEL_PRESETS:
             raise ConfigError(f"unknown model {preset!r}; choose from {', '.join(MODEL_PRESETS)}")
         data = _merge(data, _MODEL_PRESETS[preset])
-    if path is not None:
-        data = _merge(data, read_toml(path))
     recipe = from_mapping(TrainRecipe, data)
     return apply_overrides(recipe, dict(overrides or {}))
 
