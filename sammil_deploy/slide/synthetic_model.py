@@ -29,7 +29,7 @@ TUMOUR_NUCLEUS_RGB = (60, 30, 104)
 
 CELL_UM = 16.0  # nucleus cell pitch; the cell size in px is rounded to a power of two so cells align with tiles
 EDGE_UM = 4.0  # width of the tissue/background transition
-FUZZ_UM = 3.0  # amplitude of the per-pixel jitter of the tissue outline
+FUZZ_UM = 2.0  # amplitude of the per-pixel jitter of the tissue outline
 TUMOUR_EDGE_UM = 30.0  # width of the normal/tumour transition
 BANK_PX = 1024  # period of the noise banks (level pixels)
 # Nucleus layers: (offset as a fraction of a cell, presence probability in normal tissue, in tumour).
@@ -86,9 +86,12 @@ class SlideModel:
         t = self.spec.tile_px
         fields = _sample(self.fields, self.field_pitch_px, downsample, (x0, y0), (t, t))
         signed = fields[..., 0]
-        signed += self._bank(self._fuzz, x0, y0) * self._fuzz_px
-        # The edge is at least one level pixel wide so coarse levels are anti-aliased (area-consistent).
-        alpha = np.clip(signed * (1.0 / max(self._edge_px, downsample)) + 0.5, 0.0, 1.0)
+        # The outline jitter is a few level-0 px wide, so d x d averaging leaves ~1/d of it; the ramp widens to keep
+        # the variance of the outline position (ramp width^2 / 12 + jitter^2), hence the mean alpha, level-invariant.
+        fuzz_px = self._fuzz_px / downsample
+        edge_px = math.sqrt(self._edge_px**2 + 12.0 * (self._fuzz_px**2 - fuzz_px**2))
+        signed += self._bank(self._fuzz, x0, y0) * fuzz_px
+        alpha = np.clip(signed * (1.0 / max(edge_px, downsample)) + 0.5, 0.0, 1.0)  # >= 1 px: anti-aliased
         if not alpha.any():
             return None
         tumour = fields[..., 1]
@@ -123,10 +126,9 @@ class SlideModel:
             ncx = math.floor(((x0 + t) * downsample - offset0) / c0) - cx0 + 1
             ncy = math.floor(((y0 + t) * downsample - offset0) / c0) - cy0 + 1
             cells = self._cells(layer, cx0, cy0, ncx, ncy, offset0, p_normal, p_tumour)
-            if cell_lv >= 4:
-                cover = _draw_ellipses(cells, c0, downsample)
-            else:
-                cover = _cell_area_fractions(cells, c0, cell_lv)
+            # Nuclei of >= 4 px cells are drawn; smaller ones only contribute their area fraction.
+            draw = _draw_ellipses if cell_lv >= 4 else _cell_area_fractions
+            cover = draw(cells, c0, downsample)
             # Level-pixel position of this layer's first cell relative to the tile origin (<= 0).
             sx = round((cx0 * c0 + offset0) / downsample) - x0
             sy = round((cy0 * c0 + offset0) / downsample) - y0
@@ -194,8 +196,9 @@ def _draw_ellipses(cells: dict[str, np.ndarray], c0: int, downsample: int) -> np
     return cover.reshape(ncy * cl, ncx * cl)
 
 
-def _cell_area_fractions(cells: dict[str, np.ndarray], c0: int, cell_lv: float) -> np.ndarray:
+def _cell_area_fractions(cells: dict[str, np.ndarray], c0: int, downsample: int) -> np.ndarray:
     """Nuclear area fraction per cell, spread over (cl >= 1) or averaged into (cl < 1) level pixels."""
+    cell_lv = c0 / downsample
     frac = (np.pi * cells["major"] * cells["minor"] / (c0 * c0) * cells["darkness"]).astype(np.float32)
     if cell_lv >= 1:
         k = int(cell_lv)
