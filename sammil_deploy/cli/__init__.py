@@ -6,6 +6,7 @@ import sys
 
 from sammil_deploy.cli import (
     data,  # noqa: F401  (make-demo-data)
+    export,  # noqa: F401
     extract,  # noqa: F401
     info,  # noqa: F401  (registers commands)
     preprocess,  # noqa: F401

@@ -77,10 +77,15 @@ class OutputParity:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
         return {
-            "name": self.name, "shape": list(self.shape), "max_abs": self.max_abs, "max_rel": self.max_rel,
-            "cosine": self.cosine, "worst_index": list(self.worst_index), "mask_iou": self.mask_iou,
+            "name": self.name,
+            "shape": list(self.shape),
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "cosine": self.cosine,
+            "worst_index": list(self.worst_index),
+            "mask_iou": self.mask_iou,
             "passed": self.passed,
-        }  # fmt: skip
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +131,15 @@ class ParityReport:
             "precision": self.precision,
             "passed": self.passed,
             "tolerance": {
-                "atol": self.tolerance.atol, "rtol": self.tolerance.rtol,
-                "cosine_min": self.tolerance.cosine_min, "mask_iou_min": self.tolerance.mask_iou_min,
+                "atol": self.tolerance.atol,
+                "rtol": self.tolerance.rtol,
+                "cosine_min": self.tolerance.cosine_min,
+                "mask_iou_min": self.tolerance.mask_iou_min,
             },
             "n_input_sets": self.n_input_sets,
             "outputs": [o.to_dict() for o in self.outputs],
             "notes": dict(self.notes),
-        }  # fmt: skip
+        }
 
     def raise_if_failed(self) -> None:
         """Raise :class:`ParityError` with :meth:`summary` when any output is out of tolerance."""

@@ -1,0 +1,388 @@
+"""ONNX → TensorRT plans (10.x and 11.x), loading with version/GPU checks, and running with torch CUDA buffers.
+
+A plan is a *plain* serialized engine (``trtexec --loadEngine`` reads it) with a sidecar ``<plan>.json``
+holding the TensorRT version, GPU name and compute capability, precision, optimisation profiles and the
+source ONNX's SHA-256. Plans are tied to one TensorRT version and one GPU architecture, so
+:func:`load_engine` refuses a mismatch with the command to rebuild.
+
+Precision comes from the ONNX graph (see :mod:`.fp16`): networks are strongly typed. TensorRT 10.x needs the
+``STRONGLY_TYPED`` creation flag; 11.x is always strongly typed (the flag is accepted but ignored, and the
+FP16/INT8 builder flags no longer exist), so no precision builder flag is ever set here.
+
+The onnxruntime TensorRT execution provider is the alternative where TensorRT is installed but plans are
+not wanted: :func:`ort_tensorrt_providers` returns its session options (engine and timing caches, profile
+shapes, workspace).
+
+Verified where: this module was written against NVIDIA's documented Python API; no machine available to
+the project has TensorRT (``pip install tensorrt`` needs NVIDIA's index), so only the "refuse / fail fast"
+paths run in CI. The GPU tests in ``tests/test_export_tensorrt.py`` exercise the rest where TensorRT exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sammil_deploy import __version__
+from sammil_deploy._deps import require
+from sammil_deploy.errors import BackendError, ExportError, InputSpecError, MissingDependencyError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+log = logging.getLogger(__name__)
+
+SIDECAR_FORMAT_VERSION = 1
+Shape = tuple[int, ...]
+# input name -> (min, opt, max) shapes of the one optimisation profile
+Profile = Mapping[str, tuple[Shape, Shape, Shape]]
+
+
+def require_tensorrt_gpu() -> Any:
+    """Return the ``tensorrt`` module if it is importable AND a CUDA GPU is visible; else fail with both reasons.
+
+    Called before any export work when ``--trt`` is given.
+
+    Raises:
+        MissingDependencyError: TensorRT is missing and/or no CUDA GPU is visible (the message names both).
+    """
+    import torch
+
+    problems = []
+    if not torch.cuda.is_available():
+        problems.append("no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    try:
+        trt = require("tensorrt", extra="trt")
+    except MissingDependencyError as err:
+        problems.append(str(err))
+        trt = None
+    if problems:
+        raise MissingDependencyError(
+            "--trt needs TensorRT on a CUDA GPU: " + "; ".join(problems) + ". Drop --trt to export ONNX only, "
+            "or run on a GPU machine with TensorRT (docker/ GPU image)"
+        )
+    return trt
+
+
+def gpu_identity(device: int = 0) -> dict[str, Any]:
+    """Name and compute capability of a CUDA device: ``{"gpu_name": ..., "compute_capability": "9.0"}``."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"gpu_name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
+
+
+def profile_from_ranges(
+    inputs: list[dict[str, Any]], ranges: Mapping[str, Any]
+) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """(min, opt, max) shapes per input from the ONNX metadata's input specs and per-axis ranges.
+
+    Args:
+        inputs: ``[{"name", "shape"}]`` as stored in ``sammil_deploy.inputs`` metadata; string dims are dynamic.
+        ranges: ``{dim name: DimRange}``.
+
+    Raises:
+        ExportError: A dynamic axis has no range.
+    """
+    profile = {}
+    for spec in inputs:
+        shapes = []
+        for which in ("min", "opt", "max"):
+            shape = []
+            for dim in spec["shape"]:
+                if isinstance(dim, str):
+                    if dim not in ranges:
+                        raise ExportError(f"input {spec['name']!r}: no range for dynamic axis {dim!r} in the profile")
+                    shape.append(int(getattr(ranges[dim], which)))
+                else:
+                    shape.append(int(dim))
+            shapes.append(tuple(shape))
+        profile[spec["name"]] = (shapes[0], shapes[1], shapes[2])
+    return profile
+
+
+@dataclass(frozen=True, slots=True)
+class EngineArtifact:
+    """A built plan and its sidecar."""
+
+    plan: Path
+    sidecar: Path
+    build_seconds: float
+    meta: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {
+            "plan": str(self.plan),
+            "sidecar": str(self.sidecar),
+            "build_seconds": round(self.build_seconds, 2),
+            **{k: self.meta[k] for k in ("tensorrt_version", "gpu_name", "compute_capability", "precision")},
+        }
+
+
+def build_engine(
+    onnx_path: Path,
+    plan_path: Path,
+    profile: Profile,
+    *,
+    precision: str,
+    workspace_bytes: int,
+    timing_cache: Path | None = None,
+    part: str = "",
+) -> EngineArtifact:
+    """Build a TensorRT plan from an ONNX file (precision taken from the graph) and write plan + sidecar JSON.
+
+    Args:
+        onnx_path: Source ONNX (external data next to it is found by the parser).
+        plan_path: Destination ``.plan``; the sidecar is ``<plan>.json``.
+        profile: One optimisation profile: ``{input: (min, opt, max)}`` for every input.
+        precision: Label recorded in the sidecar (the graph's types decide the real precision).
+        workspace_bytes: Builder workspace memory-pool limit.
+        timing_cache: Reused if the file exists, and rewritten with this build's timings.
+        part: Which network (recorded in the sidecar).
+
+    Raises:
+        MissingDependencyError: No TensorRT or no GPU.
+        ExportError: The parser rejects the ONNX file or the build fails (parser/builder messages included).
+    """
+    from sammil_deploy.features.encoders import file_sha256
+
+    trt = require_tensorrt_gpu()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    flags = 1 << int(strongly_typed) if strongly_typed is not None else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"{onnx_path.name}: TensorRT's ONNX parser rejected the model: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    trt_profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        name = network.get_input(i).name
+        if name not in profile:
+            raise ExportError(f"{onnx_path.name}: no profile shapes for input {name!r}; profile has {sorted(profile)}")
+        trt_profile.set_shape(name, *profile[name])
+    config.add_optimization_profile(trt_profile)
+    cache_blob = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    cache = config.create_timing_cache(cache_blob)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    start = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - start
+    if serialized is None:
+        raise ExportError(
+            f"{onnx_path.name}: TensorRT engine build failed (see the TensorRT log above); try a larger "
+            "--workspace or smaller profile maxima"
+        )
+    if timing_cache is not None:
+        _write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
+    meta = {
+        "format_version": SIDECAR_FORMAT_VERSION,
+        "sammil_deploy_version": __version__,
+        "part": part,
+        "tensorrt_version": trt.__version__,
+        **gpu_identity(),
+        "precision": precision,
+        "strongly_typed": True,
+        "profiles": [{name: [list(s) for s in shapes] for name, shapes in profile.items()}],
+        "workspace_bytes": int(workspace_bytes),
+        "source_onnx": onnx_path.name,
+        "source_onnx_sha256": file_sha256(onnx_path),
+        "build_seconds": round(seconds, 2),
+    }
+    sidecar = sidecar_path(plan_path)
+    _write_atomic(plan_path, bytes(serialized))
+    _write_atomic(sidecar, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    log.info("built %s in %.1f s", plan_path.name, seconds)
+    return EngineArtifact(plan_path, sidecar, seconds, meta)
+
+
+def sidecar_path(plan_path: Path) -> Path:
+    """``model.plan`` -> ``model.plan.json``."""
+    return plan_path.with_name(plan_path.name + ".json")
+
+
+def check_compatible(meta: Mapping[str, Any], *, trt_version: str, compute_capability: str, plan_name: str) -> None:
+    """Refuse a plan built with another TensorRT version or on another GPU architecture.
+
+    Raises:
+        BackendError: Naming what was built, what is here, and how to rebuild.
+    """
+    built_trt, built_cc = meta.get("tensorrt_version"), meta.get("compute_capability")
+    problems = []
+    if built_trt != trt_version:
+        problems.append(f"TensorRT {built_trt} (this machine has {trt_version})")
+    if built_cc != compute_capability:
+        problems.append(f"compute capability {built_cc} on {meta.get('gpu_name')} (this GPU is {compute_capability})")
+    if problems:
+        raise BackendError(
+            f"{plan_name}: built for {' and '.join(problems)}; TensorRT plans only run where they were built. "
+            f"Rebuild on this machine with `sammil-deploy export --trt ...` (from {meta.get('source_onnx')})"
+        )
+
+
+def read_sidecar(plan_path: Path) -> dict[str, Any]:
+    """The sidecar JSON of a plan.
+
+    Raises:
+        BackendError: Missing or malformed sidecar.
+    """
+    sidecar = sidecar_path(plan_path)
+    try:
+        return json.loads(sidecar.read_text())
+    except FileNotFoundError:
+        raise BackendError(
+            f"{plan_path.name}: sidecar {sidecar.name} not found; a plan without it cannot be checked, rebuild it "
+            "with `sammil-deploy export --trt`"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise BackendError(f"{sidecar}: malformed sidecar JSON ({err}); rebuild the plan") from None
+
+
+class TrtEngine:
+    """A deserialized plan with one execution context; runs on torch CUDA tensors (no pycuda).
+
+    ``engine({name: tensor or array}) -> {output name: CUDA tensor}``; inputs are moved to the GPU and cast to
+    the engine's input dtypes, outputs are allocated per call from the context's resolved shapes, and the
+    work is enqueued on the current torch CUDA stream (so ``.cpu()`` on an output waits for it).
+    """
+
+    def __init__(self, plan_path: Path, *, device: int = 0) -> None:
+        import torch
+
+        trt = require_tensorrt_gpu()
+        self.plan_path = Path(plan_path)
+        self.meta = read_sidecar(self.plan_path)
+        ident = gpu_identity(device)
+        check_compatible(
+            self.meta,
+            trt_version=trt.__version__,
+            compute_capability=ident["compute_capability"],
+            plan_name=self.plan_path.name,
+        )
+        if self.meta.get("gpu_name") != ident["gpu_name"]:
+            log.warning(
+                "%s was built on %s, running on %s (same architecture; tactics may be slower)",
+                self.plan_path.name,
+                self.meta.get("gpu_name"),
+                ident["gpu_name"],
+            )
+        self.device = torch.device("cuda", device)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+        if self.engine is None:
+            raise BackendError(f"{self.plan_path.name}: TensorRT could not deserialize the plan; rebuild it")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
+
+    def __call__(self, inputs: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, torch.Tensor]:
+        """Run once; raises InputSpecError for a missing input or a shape outside the profile."""
+        import torch
+
+        keep_alive = []
+        for name in self.input_names:
+            if name not in inputs:
+                raise InputSpecError(f"{self.plan_path.name}: missing input {name!r}; expects {self.input_names}")
+            tensor = torch.as_tensor(inputs[name]).to(self.device, self._dtypes[name]).contiguous()
+            low, _, high = self.engine.get_tensor_profile_shape(name, 0)
+            if len(tensor.shape) != len(low) or any(
+                not lo <= s <= hi for s, lo, hi in zip(tensor.shape, low, high, strict=True)
+            ):
+                raise InputSpecError(
+                    f"{self.plan_path.name}: input {name!r} has shape {tuple(tensor.shape)}, outside the engine's "
+                    f"profile {tuple(low)}..{tuple(high)}; rebuild with larger --max-batch/--max-instances"
+                )
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
+            keep_alive.append(tensor)
+        outputs = {}
+        for name in self.output_names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            outputs[name] = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
+            self.context.set_tensor_address(name, outputs[name].data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise BackendError(f"{self.plan_path.name}: TensorRT execution failed (see the TensorRT log)")
+        stream.synchronize()  # inputs in keep_alive must outlive the kernels
+        return outputs
+
+
+def trt_runner(engine: TrtEngine) -> Any:
+    """Adapt a :class:`TrtEngine` to the numpy runner interface of :mod:`.verify`."""
+
+    def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: t.float().cpu().numpy() for name, t in engine(inputs).items()}
+
+    return run
+
+
+def ort_tensorrt_providers(
+    profile: Profile, *, cache_dir: Path, workspace_bytes: int, device: int = 0
+) -> list[tuple[str, dict[str, Any]] | str]:
+    """Providers for onnxruntime's TensorRT execution provider (CUDA and CPU as fallbacks).
+
+    Engines and timing caches are kept in ``cache_dir`` and reused. The graph's own types set the precision,
+    so ``trt_fp16_enable`` stays off (it is a weak-typing flag, gone in TensorRT 11).
+    """
+
+    def shapes(which: int) -> str:
+        return ",".join(f"{name}:{'x'.join(str(d) for d in dims[which])}" for name, dims in profile.items())
+
+    trt_options = {
+        "device_id": device,
+        "trt_max_workspace_size": int(workspace_bytes),
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache_dir),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache_dir),
+        "trt_profile_min_shapes": shapes(0),
+        "trt_profile_opt_shapes": shapes(1),
+        "trt_profile_max_shapes": shapes(2),
+    }
+    return [
+        ("TensorrtExecutionProvider", trt_options),
+        ("CUDAExecutionProvider", {"device_id": device}),
+        "CPUExecutionProvider",
+    ]
+
+
+def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
+    import torch
+
+    table = {
+        trt.DataType.FLOAT: torch.float32,
+        trt.DataType.HALF: torch.float16,
+        trt.DataType.INT8: torch.int8,
+        trt.DataType.INT32: torch.int32,
+        trt.DataType.BOOL: torch.bool,
+        trt.DataType.UINT8: torch.uint8,
+    }
+    for name, torch_dtype in (("INT64", torch.int64), ("BF16", torch.bfloat16)):
+        if hasattr(trt.DataType, name):
+            table[getattr(trt.DataType, name)] = torch_dtype
+    if dtype not in table:
+        raise BackendError(f"TensorRT tensor type {dtype} has no torch equivalent")
+    return table[dtype]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
