@@ -7,6 +7,7 @@ models built here: the AB-MIL head (dynamic instance axis) and a tiny uint8 NHWC
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -284,7 +285,7 @@ def test_plan_sidecar_roundtrip_and_refusals(tmp_path):
         gpu_name="NVIDIA H200",
         precision="fp16",
         part="mil",
-        profiles=({"features": {"min": [1, IN_DIM], "opt": [4096, IN_DIM], "max": [65536, IN_DIM]}},),
+        profiles=({"features": [[1, IN_DIM], [4096, IN_DIM], [65536, IN_DIM]]},),
         inputs=(TensorSpec("features", "float32", ("num_instances", IN_DIM)).to_dict(),),
         extra={"build_seconds": 12.5},
     )
@@ -321,38 +322,6 @@ def test_torch_backend_on_cuda_matches_cpu(artifacts):
         np.testing.assert_allclose(got[name], expected[name], atol=1e-4, rtol=1e-3)
 
 
-def _build_plan(onnx_path: Path, plan_path: Path, profile: dict[str, tuple[tuple[int, ...], ...]]) -> None:
-    """Minimal TensorRT build (strongly typed where the version offers it) + sidecar, for the trt test."""
-    import tensorrt as trt
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    assert parser.parse_from_file(str(onnx_path)), [str(parser.get_error(i)) for i in range(parser.num_errors)]
-    config = builder.create_builder_config()
-    opt = builder.create_optimization_profile()
-    for name, (low, mid, high) in profile.items():
-        opt.set_shape(name, low, mid, high)
-    config.add_optimization_profile(opt)
-    plan_path.write_bytes(bytes(builder.build_serialized_network(network, config)))
-    major, minor = torch.cuda.get_device_capability()
-    meta = read_onnx_metadata(onnx_path)
-    write_sidecar(
-        plan_path,
-        PlanSidecar(
-            tensorrt_version=trt.__version__,
-            compute_capability=f"{major}.{minor}",
-            gpu_name=torch.cuda.get_device_name(),
-            inputs=tuple(meta["inputs"]),
-            outputs=tuple(meta["outputs"]),
-        ),
-    )
-
-
 @pytest.mark.trt
 @pytest.mark.gpu
 @pytest.mark.parametrize(("name", "sizes"), [("mil", (7, 300)), ("patches", (2, 5))])
@@ -360,10 +329,13 @@ def test_tensorrt_plan_matches_onnxruntime(artifacts, tmp_path, name, sizes):
     _, spec, path, make = artifacts[name]
     (inp,) = spec.inputs
     static = tuple(d for d in inp.shape if isinstance(d, int))
-    plan = tmp_path / f"{name}.plan"
-    _build_plan(path, plan, {inp.name: ((1, *static), (8, *static), (512, *static))})
+    from sammil_deploy.export.tensorrt import build_engine
+
+    profile = {inp.name: ((1, *static), (8, *static), (512, *static))}
+    plan = build_engine(path, tmp_path / f"{name}.plan", profile, precision="fp32", workspace_bytes=1 << 30).plan
     with TrtBackend(plan) as trt_backend, OrtBackend(path, providers="cpu") as ort:
-        assert trt_backend.input_spec[0].shape[0] == inp.shape[0]  # named dynamic axis from the sidecar
+        assert not isinstance(trt_backend.input_spec[0].shape[0], int)  # dynamic axis
+        assert trt_backend.profile_ranges[inp.name] == ((1, *static), (512, *static))
         for n in (*sizes, sizes[0]):  # grow the buffers, then reuse them for a smaller call
             inputs = make(n, seed=n)
             expected, got = ort.infer(inputs), trt_backend.infer(inputs)
@@ -373,3 +345,35 @@ def test_tensorrt_plan_matches_onnxruntime(artifacts, tmp_path, name, sizes):
                 np.testing.assert_array_equal(on_device[out].cpu().numpy(), got[out])
         with pytest.raises(InputSpecError, match="optimisation profile"):
             trt_backend.infer(make(513))
+
+
+def test_reads_the_sidecar_the_export_stage_writes(tmp_path):
+    """The keys ``sammil_deploy.export.tensorrt.build_engine`` writes, as a literal (it needs TensorRT to run)."""
+    plan = tmp_path / "resnet50.plan"
+    plan.write_bytes(b"\x00")
+    written = {
+        "format_version": 1,
+        "sammil_deploy_version": "0.1.0",
+        "part": "resnet50",
+        "tensorrt_version": "10.13.3.9",
+        "gpu_name": "NVIDIA L4",
+        "compute_capability": "8.9",
+        "precision": "fp16",
+        "strongly_typed": True,
+        "profiles": [{"patches": [[1, 224, 224, 3], [64, 224, 224, 3], [256, 224, 224, 3]]}],
+        "workspace_bytes": 4 << 30,
+        "source_onnx": "resnet50.fp16.onnx",
+        "source_onnx_sha256": "ab" * 32,
+        "build_seconds": 41.2,
+    }
+    sidecar_path(plan).write_text(json.dumps(written))
+    sidecar = read_sidecar(plan)
+    assert (sidecar.tensorrt_version, sidecar.compute_capability, sidecar.precision) == ("10.13.3.9", "8.9", "fp16")
+    assert sidecar.profiles[0]["patches"][2] == [256, 224, 224, 3]
+    assert sidecar.extra == {"strongly_typed": True, "workspace_bytes": 4 << 30, "build_seconds": 41.2}
+    assert sidecar.to_dict() == {**written, "inputs": [], "outputs": []}
+    with pytest.raises(BackendError, match=r"resnet50\.plan: built for GPU compute capability 8\.9 \(NVIDIA L4\)"):
+        check_plan_compatible(sidecar, tensorrt_version="10.13.3.9", compute_capability="9.0", plan_name=plan.name)
+    sidecar_path(plan).write_text(json.dumps({**written, "format_version": 2}))
+    with pytest.raises(BackendError, match="newer than this sammil-deploy reads"):
+        read_sidecar(plan)

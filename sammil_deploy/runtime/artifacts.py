@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ from sammil_deploy.errors import BackendError
 
 METADATA_PREFIX = "sammil_deploy."
 _JSON_METADATA_KEYS = frozenset({"preprocessing", "config", "inputs", "outputs"})
-SIDECAR_SCHEMA_VERSION = 1
+SIDECAR_FORMAT_VERSION = 1
 REBUILD_HINT = "rebuild the plan on this machine with `sammil-deploy export --trt`"
 
 
@@ -76,15 +75,6 @@ def specs_from_dicts(items: Sequence[Mapping[str, Any]]) -> tuple[TensorSpec, ..
     return tuple(TensorSpec.from_dict(item) for item in items)
 
 
-def file_sha256(path: Path, *, chunk_bytes: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in chunks (multi-GB weights never sit in memory)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_onnx_metadata(path: Path) -> dict[str, Any]:
     """Our ``metadata_props`` of an ONNX file, prefix stripped, JSON values decoded; weights are not read.
 
@@ -124,21 +114,24 @@ def read_onnx_metadata(path: Path) -> dict[str, Any]:
 class PlanSidecar:
     """What a TensorRT plan was built from and for; stored as ``<plan>.json`` next to the plain plan file.
 
+    The JSON is the one ``sammil_deploy.export.tensorrt.build_engine`` writes; keys not named here
+    (``strongly_typed``, ``workspace_bytes``, ``build_seconds`` ...) are kept in ``extra`` and written back at
+    the top level.
+
     Attributes:
         tensorrt_version: ``tensorrt.__version__`` of the builder (plans only load on the same version).
         compute_capability: GPU compute capability of the builder, ``"major.minor"`` (e.g. ``"9.0"``).
-        gpu_name: Builder GPU name (informational).
+        gpu_name: Builder GPU name (a different GPU of the same capability loads, with a warning).
         precision: Precision of the source graph (``fp32``, ``fp16``, ``int8``).
         part: Which network (``sam_encoder``, ``sam_decoder``, ``resnet50``, ``mil``).
         source_onnx: File name of the ONNX graph the plan was built from.
         source_onnx_sha256: Its SHA-256.
-        profiles: One optimisation profile per entry: ``{input name: {"min": [...], "opt": [...], "max": [...]}}``.
-        inputs: Input tensor specs (as dicts) copied from the ONNX metadata, keeping the named dynamic axes.
-        outputs: Output tensor specs (as dicts).
-        toolkit_version: sammil-deploy version that built the plan.
-        schema_version: Sidecar format version.
-        extra: Any other keys (build settings such as workspace size, timing cache, build seconds), written
-            and read at the top level of the JSON.
+        profiles: One entry per optimisation profile: ``{input name: [min_shape, opt_shape, max_shape]}``.
+        inputs: Optional input tensor specs (dicts, as in the ONNX metadata) keeping the named dynamic axes.
+        outputs: Optional output tensor specs (dicts).
+        sammil_deploy_version: Toolkit version that built the plan.
+        format_version: Sidecar format version.
+        extra: Any other keys.
     """
 
     tensorrt_version: str
@@ -148,11 +141,11 @@ class PlanSidecar:
     part: str = ""
     source_onnx: str = ""
     source_onnx_sha256: str = ""
-    profiles: tuple[Mapping[str, Mapping[str, list[int]]], ...] = ()
+    profiles: tuple[Mapping[str, Sequence[Sequence[int]]], ...] = ()
     inputs: tuple[Mapping[str, Any], ...] = ()
     outputs: tuple[Mapping[str, Any], ...] = ()
-    toolkit_version: str = ""
-    schema_version: int = SIDECAR_SCHEMA_VERSION
+    sammil_deploy_version: str = ""
+    format_version: int = SIDECAR_FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,24 +155,24 @@ class PlanSidecar:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "sidecar") -> PlanSidecar:
-        """Parse the JSON dict; unknown keys are kept in ``extra`` so newer writers stay readable.
+        """Parse the JSON dict; unknown keys go to ``extra`` so newer writers stay readable.
 
         Raises:
-            BackendError: If a required key is missing or the schema version is newer than this reader.
+            BackendError: If a required key is missing or the format version is newer than this reader.
         """
         known = {f.name for f in fields(cls)} - {"extra"}
         missing = [k for k in ("tensorrt_version", "compute_capability") if k not in data]
         if missing:
             raise BackendError(f"{source}: missing {missing}; {REBUILD_HINT}")
-        version = int(data.get("schema_version", SIDECAR_SCHEMA_VERSION))
-        if version > SIDECAR_SCHEMA_VERSION:
+        version = int(data.get("format_version", SIDECAR_FORMAT_VERSION))
+        if version > SIDECAR_FORMAT_VERSION:
             raise BackendError(
-                f"{source}: sidecar schema {version} is newer than this sammil-deploy reads "
-                f"({SIDECAR_SCHEMA_VERSION}); upgrade sammil-deploy or {REBUILD_HINT}"
+                f"{source}: sidecar format {version} is newer than this sammil-deploy reads "
+                f"({SIDECAR_FORMAT_VERSION}); upgrade sammil-deploy or {REBUILD_HINT}"
             )
         values = {k: v for k, v in data.items() if k in known}
         for key in ("profiles", "inputs", "outputs"):
-            values[key] = tuple(values.get(key, ()))
+            values[key] = tuple(values.get(key) or ())
         values["tensorrt_version"] = str(values["tensorrt_version"])
         values["compute_capability"] = str(values["compute_capability"])
         return cls(**values, extra={k: v for k, v in data.items() if k not in known})

@@ -109,6 +109,11 @@ class TrtBackend(Backend):
             compute_capability=f"{major}.{minor}",
             plan_name=str(self.plan_path),
         )
+        gpu_name = torch.cuda.get_device_name(self._torch_device)
+        if sidecar.gpu_name and sidecar.gpu_name != gpu_name:
+            log.warning(
+                "%s was built on %s, running on %s (same capability)", self.plan_path.name, sidecar.gpu_name, gpu_name
+            )
         logger = trt.Logger(trt.Logger.WARNING)
         with torch.cuda.device(self._torch_device):
             engine = trt.Runtime(logger).deserialize_cuda_engine(self.plan_path.read_bytes())
@@ -154,6 +159,12 @@ class TrtBackend(Backend):
     def _profile_range(self, engine: Any, name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         low, _opt, high = engine.get_tensor_profile_shape(name, self.profile)
         return tuple(int(d) for d in low), tuple(int(d) for d in high)
+
+    @property
+    def profile_ranges(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """``{dynamic input name: (min_shape, max_shape)}`` of the active profile (split batches to fit)."""
+        self.load()
+        return dict(self._profile_ranges)
 
     def _close(self) -> None:
         if self._stream is not None:
