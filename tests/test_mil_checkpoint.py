@@ -88,8 +88,9 @@ def _roundtrip_file(tmp_path, state, wrap):
     return path
 
 
-@pytest.mark.parametrize(("gated", "abmil_init", "wrap"), [(False, False, True), (True, False, False),
-                                                           (False, True, False)])
+@pytest.mark.parametrize(
+    ("gated", "abmil_init", "wrap"), [(False, False, True), (True, False, False), (False, True, False)]
+)
 def test_official_import_reproduces_logits_exactly(tmp_path, gated, abmil_init, wrap):
     torch.manual_seed(0)
     ref = OfficialSamMil(gated, nn.ReLU(), abmil_init).eval()
@@ -97,8 +98,13 @@ def test_official_import_reproduces_logits_exactly(tmp_path, gated, abmil_init, 
     ckpt = import_external_checkpoint(path, feature_dim=1024)
     assert ckpt.meta.source == ("official-abmil" if abmil_init else "official-sammil")
     cfg = ckpt.model_config
-    assert (cfg.gated, cfg.activation, cfg.attention_bias, cfg.embed_dim, cfg.attn_dim) == (gated, "relu", False,
-                                                                                           512, 128)
+    assert (cfg.gated, cfg.activation, cfg.attention_bias, cfg.embed_dim, cfg.attn_dim) == (
+        gated,
+        "relu",
+        False,
+        512,
+        128,
+    )
     x = torch.randn(300, 1024)
     with torch.no_grad():
         expected = ref(x)
@@ -135,17 +141,25 @@ def test_import_refuses_unknown_layouts_and_dims(tmp_path):
 def test_checkpoint_round_trip_gives_identical_predictions(tmp_path, kind):
     cfg = ModelConfig(kind=kind, in_dim=24, embed_dim=32, attn_dim=16, n_classes=3, gated=kind == "attention")
     model = build_model(cfg).eval()
-    meta = make_meta(cfg, class_names=["a", "b", "c"], group_tokens=True, feature_extractor="synthetic",
-                     threshold=None, metrics={"auc": 0.9})
+    meta = make_meta(
+        cfg,
+        class_names=["a", "b", "c"],
+        group_tokens=True,
+        feature_extractor="synthetic",
+        threshold=None,
+        metrics={"auc": 0.9},
+    )
     weights = save_checkpoint(tmp_path / "fold0", model, meta)
-    assert weights.name == "fold0.safetensors" and (tmp_path / "fold0.json").is_file()
+    assert weights.name == "fold0.safetensors"
+    assert (tmp_path / "fold0.json").is_file()
     assert not list(tmp_path.glob("*.partial"))
     x = torch.randn(57, 24)
     loaded = load_checkpoint(weights, feature_dim=24)
     with torch.no_grad():
-        for a, b in zip(model(x), loaded.model(x)):
+        for a, b in zip(model(x), loaded.model(x), strict=True):
             assert torch.equal(a, b)
-    assert loaded.meta.class_names == ("a", "b", "c") and loaded.meta.metrics == {"auc": 0.9}
+    assert loaded.meta.class_names == ("a", "b", "c")
+    assert loaded.meta.metrics == {"auc": 0.9}
     assert json.loads((tmp_path / "fold0.json").read_text())["feature_extractor"] == "synthetic"
     (tmp_path / "fold0.json").unlink()  # the copy embedded in the safetensors metadata is enough
     assert load_checkpoint(tmp_path / "fold0").meta.model == meta.model
@@ -153,8 +167,9 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path, kind):
 
 def test_load_refuses_mismatch(tmp_path):
     cfg = ModelConfig(in_dim=24, embed_dim=32, attn_dim=16)
-    weights = save_checkpoint(tmp_path / "m", build_model(cfg), make_meta(cfg, class_names=["0", "1"],
-                                                                           group_tokens=False))
+    weights = save_checkpoint(
+        tmp_path / "m", build_model(cfg), make_meta(cfg, class_names=["0", "1"], group_tokens=False)
+    )
     with pytest.raises(CheckpointError, match="expects 24-dim features"):
         load_checkpoint(weights, feature_dim=1024)
     sidecar = json.loads((tmp_path / "m.json").read_text())

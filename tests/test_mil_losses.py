@@ -31,12 +31,12 @@ def direct_consistency(a: np.ndarray, cat: np.ndarray) -> float:
 def test_sg2m_drops_floor_n_r_per_category_and_keeps_group_tokens():
     areas = [1, 800, 5000, 20000]
     counts = [40, 40, 60, 60]
-    area = torch.tensor(sum(([a] * n for a, n in zip(areas, counts)), []) + [0] * 7)
+    area = torch.tensor(sum(([a] * n for a, n in zip(areas, counts, strict=True)), []) + [0] * 7)
     is_group = torch.zeros(len(area), dtype=torch.bool)
     is_group[-7:] = True
     cfg = MaskConfig()
     kept = select_kept(area, is_group, cfg, generator=torch.Generator().manual_seed(0))
-    for a, n in zip(areas, counts):
+    for a, n in zip(areas, counts, strict=True):
         r = 0.9 / (1.0 + math.exp(-0.0005 * (a - 5000)))
         assert int((area[kept] == a).sum()) == n - math.floor(n * r)
     assert bool(is_group[kept].sum() == 7)
@@ -57,15 +57,17 @@ def test_low_attention_selection_drops_the_lowest_scores():
     scores = torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4, 0.5, 0.05, 0.0, 0.0])
     kept = select_kept(area, is_group, MaskConfig(selection="low_attention"), scores=scores)
     n_drop = math.floor(10 * 0.9 / (1 + math.exp(-0.0005 * 15000)))
-    assert sorted(kept.tolist()) == sorted(torch.argsort(scores[:10], descending=True)[: 10 - n_drop].tolist()
-                                           + [10, 11])
+    assert sorted(kept.tolist()) == sorted(
+        torch.argsort(scores[:10], descending=True)[: 10 - n_drop].tolist() + [10, 11]
+    )
 
 
 def test_random_ablations():
     is_group = torch.tensor([False] * 90 + [True] * 10)
     g = torch.Generator().manual_seed(1)
     spare = select_kept(None, is_group, MaskConfig(strategy="random_non_group", mask_ratio=0.5), generator=g)
-    assert int(is_group[spare].sum()) == 10 and len(spare) == 10 + 45
+    assert int(is_group[spare].sum()) == 10
+    assert len(spare) == 10 + 45
     everything = select_kept(None, is_group, MaskConfig(strategy="random", mask_ratio=0.5), generator=g)
     assert len(everything) == 50
     assert len(select_kept(None, is_group, MaskConfig(strategy="none"))) == 100
@@ -101,7 +103,8 @@ def test_consistency_matches_direct_formula_and_grows_with_spread():
             got = float(consistency_loss(t, torch.tensor(cat), method=method, chunk_rows=chunk))
             assert got == pytest.approx(expected, rel=1e-9, abs=1e-15)
         losses.append(expected)
-    assert losses[0] == 0.0 and losses[1] < losses[2] < losses[3]
+    assert losses[0] == 0.0
+    assert losses[1] < losses[2] < losses[3]
 
 
 def test_consistency_gradient_is_finite_at_equal_attention():
@@ -129,13 +132,15 @@ def test_paper_objective_has_all_terms_and_official_has_no_masking_or_consistenc
     bag = _bag()
     paper = bag_loss(model, bag, SamMilConfig(), generator=torch.Generator().manual_seed(0))
     assert set(paper.parts) == {"cls", "pseudo", "con", "kept_fraction"}
-    assert float(paper.total.detach()) == pytest.approx(paper.parts["cls"] + 0.5 * paper.parts["pseudo"]
-                                               + 1000 * paper.parts["con"], rel=1e-5)
+    assert float(paper.total.detach()) == pytest.approx(
+        paper.parts["cls"] + 0.5 * paper.parts["pseudo"] + 1000 * paper.parts["con"], rel=1e-5
+    )
     assert paper.parts["kept_fraction"] < 1.0
     official = bag_loss(model, bag, SamMilConfig(objective="official"), generator=torch.Generator().manual_seed(0))
     assert set(official.parts) == {"cls", "pseudo"}
     # Same pseudo-bag draw (same seed): total = CE(last) + 0.5 * mean CE.
-    assert float(official.total.detach()) == pytest.approx(official.parts["cls"] + 0.5 * official.parts["pseudo"], rel=1e-5)
+    expected = official.parts["cls"] + 0.5 * official.parts["pseudo"]
+    assert float(official.total.detach()) == pytest.approx(expected, rel=1e-5)
     # The official objective is exactly 1.1 CE(last) + 0.1 sum of the others; check by recomputation.
     g = torch.Generator().manual_seed(0)
     ces = []
@@ -154,5 +159,6 @@ def test_plain_objective_is_cross_entropy_of_the_whole_bag():
     terms = bag_loss(model, bag, cfg, generator=torch.Generator())
     with torch.no_grad():
         logits, _ = model(bag.tokens)
-    assert float(terms.total.detach()) == pytest.approx(float(torch.nn.functional.cross_entropy(logits[None],
-                                                                                         torch.tensor([1]))))
+    assert float(terms.total.detach()) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits[None], torch.tensor([1])))
+    )

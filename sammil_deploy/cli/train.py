@@ -152,12 +152,18 @@ def import_checkpoint_cmd(
     feature_dim: Annotated[int | None, typer.Option(help="Refuse the import unless the input dim is this.")] = None,
     encoder: Annotated[str | None, typer.Option(help="Feature extractor id to record.")] = "resnet50_trunc",
     activation: Annotated[str | None, typer.Option(help="Attention activation override (relu | tanh).")] = None,
+    class_names: Annotated[
+        str | None, typer.Option(help="Comma-separated class of each logit (default 0,1,...).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Convert a checkpoint trained with the official SAM-MIL code or CLAM into a sammil-deploy checkpoint."""
     from sammil_deploy.mil.checkpoint import import_external_checkpoint, save_checkpoint
 
-    ckpt = import_external_checkpoint(source, feature_dim=feature_dim, encoder=encoder, activation=activation)
+    names = tuple(c.strip() for c in class_names.split(",")) if class_names else None
+    ckpt = import_external_checkpoint(
+        source, feature_dim=feature_dim, encoder=encoder, activation=activation, class_names=names
+    )
     path = save_checkpoint(out, ckpt.model, ckpt.meta)
     payload = {
         "source": ckpt.meta.source,

@@ -65,7 +65,8 @@ def youden_threshold(y_true: np.ndarray, score: np.ndarray) -> float:
     if y.all() or (~y).all():
         return 0.5
     fpr, tpr, thresholds = roc_curve(y, score)
-    best = int(np.argmax(tpr - fpr))
+    j = tpr - fpr
+    best = int(np.argmax(j >= j.max() - 1e-12))  # first (highest) threshold among float-equal maxima
     return float(min(thresholds[best], 1.0))
 
 

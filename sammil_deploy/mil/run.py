@@ -167,10 +167,9 @@ def evaluate_checkpoint(checkpoint: Path, features_dir: Path, labels_csv: Path, 
     Writes ``predictions.csv`` and ``metrics.json`` in ``out_dir`` and returns the metrics.
     """
     ckpt = load_checkpoint(checkpoint)
+    files = find_feature_files(features_dir, read_labels(labels_csv).slide_ids)
+    ckpt.check_feature_dim(_read(next(iter(files.values()))).dim, source=f"features in {features_dir}")
     labels = read_labels(labels_csv, class_names=ckpt.meta.class_names)
-    files = find_feature_files(features_dir, labels.slide_ids)
-    probe = _read(files[labels.slide_ids[0]])
-    ckpt.check_feature_dim(probe.dim, source=f"features in {features_dir}")
     ds = BagDataset(
         [files[s] for s in labels.slide_ids],
         labels.y.tolist(),
