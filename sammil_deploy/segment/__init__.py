@@ -59,6 +59,10 @@ def segment_slide(
 
 def segment_image(image: np.ndarray, cfg: SegmentConfig, *, sam: Sam | None = None) -> Segmentation:
     """Segment an (H, W, 3) uint8 RGB image with SAM or the fallback, as ``cfg`` says."""
+    if cfg.resolved_segmenter == "sam" and cfg.generator == "fast":
+        from sammil_deploy.segment.fast_automask import fast_sam_segment
+
+        return fast_sam_segment(image, cfg, sam=sam)
     if cfg.resolved_segmenter == "sam":
         from sammil_deploy.segment.automask import sam_segment
 

@@ -10,6 +10,7 @@ from sammil_deploy.errors import ConfigError
 SEGMENTERS = ("auto", "sam", "fallback")
 SAM_MODELS = ("auto", "vit_h", "vit_l", "vit_b", "tiny")
 MEMBERSHIP_MODES = ("footprint", "official")
+GENERATORS = ("fast", "reference")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,8 @@ class SegmentConfig:
         stability_score_thresh: Drop masks whose stability score is below this.
         min_mask_region_area: Remove small holes/islands and drop masks below this many SAM-image pixels (0 = off).
         box_nms_thresh: Box-IoU threshold of the NMS between masks.
+        generator: ``"fast"`` (``fast_automask.FastMaskGenerator``: the same masks, batched and vectorised) or
+            ``"reference"`` (upstream ``SamAutomaticMaskGenerator``).
         device: ``"auto"`` (CUDA when visible), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         membership: ``"footprint"`` (a patch is in every mask its whole footprint touches) or ``"official"``
             (SAM-MIL's test of an ``s x s`` window at the patch's top-left corner, s = patch_size // downsample,
@@ -60,6 +63,7 @@ class SegmentConfig:
     stability_score_thresh: float = 0.6
     min_mask_region_area: int = 0
     box_nms_thresh: float = 0.7
+    generator: str = "fast"
     device: str = "auto"
     membership: str = "footprint"
     fallback_n_clusters: int = 6
@@ -74,6 +78,7 @@ class SegmentConfig:
         _choice("segment.segmenter", self.segmenter, SEGMENTERS)
         _choice("segment.sam_model", self.sam_model, SAM_MODELS)
         _choice("segment.membership", self.membership, MEMBERSHIP_MODES)
+        _choice("segment.generator", self.generator, GENERATORS)
         if self.segmenter == "sam" and self.sam_checkpoint is None and self.sam_model != "tiny":
             raise ConfigError(
                 "segment.segmenter is 'sam' but no segment.sam_checkpoint is given; pass the path of "

@@ -166,9 +166,7 @@ def _remove_regions_full(mask: np.ndarray, min_area_px: int, mode: str) -> tuple
     return np.asarray(out, bool), bool(changed)
 
 
-def _tight(
-    mask: np.ndarray, box_xyxy: tuple[int, int, int, int]
-) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def _tight(mask: np.ndarray, box_xyxy: tuple[int, int, int, int]) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Shrink a mask given in ``box_xyxy`` to its tight box (an empty mask keeps a 0 x 0 box at the origin)."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if len(rows) == 0:

@@ -1,0 +1,420 @@
+"""Fast SAM automatic mask generation on any backend: upstream's algorithm, batched and vectorised.
+
+``FastMaskGenerator`` gives the masks of ``segment_anything.SamAutomaticMaskGenerator`` (same crops, point grids,
+thresholds, NMS order and cleanup) from two plain callables, so the PyTorch modules, an ONNX Runtime session or a
+TensorRT engine can drive it:
+
+- ``encoder(images) -> image_embeddings``: ``images`` is a (B, 3, S, S) float32 torch tensor on the generator's
+  device, already ``Sam.preprocess``-ed (ResizeLongestSide to S, normalised with SAM's pixel mean/std on the
+  0-255 scale, zero-padded bottom/right); returns (B, C, S/16, S/16) float embeddings as a torch tensor or a
+  numpy array. This is the ONNX export's ``images -> image_embeddings``.
+- ``decoder(image_embeddings, point_coords, point_labels) -> (low_res_masks, iou_predictions)``: one image's
+  (1, C, h, w) embedding, (P, 1, 2) float32 point xy in pixels of the S x S encoder input (before SAM's +0.5
+  pixel-centre shift, which the decoder applies) and (P, 1) float32 labels (all 1); returns (P, 3, 4h, 4w)
+  float mask logits and (P, 3) predicted IoUs of ``multimask_output=True``, as tensors or numpy arrays. This is
+  the ONNX export's point-grid decoder.
+
+:meth:`FastMaskGenerator.from_sam` wraps the PyTorch ``Sam`` modules; :meth:`FastMaskGenerator.from_sessions`
+wraps two ONNX Runtime ``InferenceSession`` objects (anything with ``get_inputs()`` and ``run(None, feed)``).
+
+Where the speed comes from, with the same masks: all crops go through the encoder in one batch; prompts are
+decoded in batches; the IoU filter runs before upsampling (the reference upsamples every mask, 3 per point);
+stability scores and boxes come from one chunked pass over the upsampled logits, which are then discarded;
+only the masks surviving both NMS rounds are upsampled again and cut to their boxes (no full-image padding,
+no RLE round trip); small-region cleanup works on each mask's box.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sammil_deploy.errors import SegmentationError
+from sammil_deploy.segment.config import SegmentConfig
+from sammil_deploy.segment.postprocess import remove_small_regions_in_box, stability_and_boxes, upscale_logits
+from sammil_deploy.segment.segmentation import Segmentation
+
+if TYPE_CHECKING:
+    import torch
+    from segment_anything.modeling import Sam
+
+log = logging.getLogger(__name__)
+
+EncoderFn = Callable[["torch.Tensor"], Any]
+DecoderFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], tuple[Any, Any]]
+
+# Upstream SamAutomaticMaskGenerator defaults that SegmentConfig does not expose (SAM-MIL keeps them).
+MASK_THRESHOLD = 0.0
+STABILITY_OFFSET = 1.0
+CROP_NMS_THRESH = 0.7
+CROP_OVERLAP_RATIO = 512 / 1500
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass
+class _Candidates:
+    """Masks that passed the per-point filters of some crops; all tensors on the generator's device.
+
+    Attributes:
+        low_res: (N, h, w) float decoder logits, kept to re-render survivors.
+        iou: (N,) float32 predicted IoU.
+        stability: (N,) float32 stability score.
+        boxes: (N, 4) int64 inclusive xyxy boxes, crop frame.
+        crop: (N,) int64 index of the crop each mask came from.
+    """
+
+    low_res: torch.Tensor
+    iou: torch.Tensor
+    stability: torch.Tensor
+    boxes: torch.Tensor
+    crop: torch.Tensor
+
+    def select(self, keep: torch.Tensor) -> _Candidates:
+        return _Candidates(*(t[keep] for t in (self.low_res, self.iou, self.stability, self.boxes, self.crop)))
+
+    @staticmethod
+    def cat(parts: Sequence[_Candidates]) -> _Candidates:
+        import torch
+
+        return _Candidates(
+            *(torch.cat([getattr(p, k) for p in parts]) for k in ("low_res", "iou", "stability", "boxes", "crop"))
+        )
+
+
+class FastMaskGenerator:
+    """SAM's automatic mask generator from an encoder and a point decoder callable (see the module docstring).
+
+    Args:
+        encoder: Preprocessed images (B, 3, S, S) -> embeddings (B, C, S/16, S/16).
+        decoder: (embedding (1, C, h, w), coords (P, 1, 2), labels (P, 1)) -> (logits (P, 3, 4h, 4w), iou (P, 3)).
+        cfg: Generator settings (points_per_side, crops, thresholds, min_mask_region_area); its model fields are
+            not used.
+        img_size: Encoder input side S in pixels (1024 for real SAM, 128 for the tiny test model).
+        device: Torch device for preprocessing and post-processing (``"cpu"``, ``"cuda"``, ``"auto"``).
+        name: Segmenter name recorded in the ``Segmentation`` (e.g. ``sam_fast_vit_h``).
+        points_per_batch: Prompts per decoder call; ``cfg.points_per_batch`` when None. Decoder memory per prompt
+            is ~25 MB for real SAM (its upscaled feature maps), which is what bounds this, not the results.
+        encoder_batch_size: Crops per encoder call; all crops of the image in one call when None.
+        chunk_px: Upsampled logits are processed this many pixels at a time (bounds post-processing memory to
+            ~5 bytes per pixel of it).
+        pixel_mean: SAM's per-channel RGB mean on the 0-255 scale.
+        pixel_std: SAM's per-channel RGB std on the 0-255 scale.
+    """
+
+    def __init__(
+        self,
+        encoder: EncoderFn,
+        decoder: DecoderFn,
+        cfg: SegmentConfig,
+        img_size: int,
+        device: str = "cpu",
+        *,
+        name: str = "sam_fast",
+        points_per_batch: int | None = None,
+        encoder_batch_size: int | None = None,
+        chunk_px: int = 1 << 25,
+        pixel_mean: Sequence[float] = SAM_PIXEL_MEAN,
+        pixel_std: Sequence[float] = SAM_PIXEL_STD,
+    ) -> None:
+        import torch
+        from segment_anything.utils.amg import build_all_layer_point_grids
+
+        from sammil_deploy.segment.sam_model import resolve_device
+
+        self.encoder = encoder
+        self.decoder = decoder
+        self.cfg = cfg
+        self.img_size = int(img_size)
+        self.device = torch.device(resolve_device(device))
+        self.name = name
+        self.points_per_batch = int(points_per_batch or cfg.points_per_batch)
+        self.encoder_batch_size = encoder_batch_size
+        self.chunk_px = int(chunk_px)
+        self._mean = torch.tensor(pixel_mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        self._std = torch.tensor(pixel_std, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        self.point_grids = build_all_layer_point_grids(
+            cfg.points_per_side, cfg.crop_n_layers, cfg.crop_n_points_downscale_factor
+        )
+
+    @classmethod
+    def from_sam(cls, sam: Sam, cfg: SegmentConfig, **kwargs: Any) -> FastMaskGenerator:
+        """Drive the generator with the PyTorch modules of ``sam`` (no export needed), on ``sam``'s device."""
+        from sammil_deploy.segment.sam_model import detect_sam_model_type
+
+        image_pe = sam.prompt_encoder.get_dense_pe()
+
+        def encode(images: torch.Tensor) -> torch.Tensor:
+            return sam.image_encoder(images)
+
+        def decode(embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> tuple:
+            sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            return sam.mask_decoder(
+                image_embeddings=embedding,
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+            )
+
+        kwargs.setdefault("name", f"sam_fast_{detect_sam_model_type(sam.state_dict())}")
+        kwargs.setdefault("device", str(sam.device))
+        kwargs.setdefault("pixel_mean", sam.pixel_mean.flatten().tolist())
+        kwargs.setdefault("pixel_std", sam.pixel_std.flatten().tolist())
+        return cls(encode, decode, cfg, int(sam.image_encoder.img_size), **kwargs)
+
+    @classmethod
+    def from_sessions(
+        cls, encoder_session: Any, decoder_session: Any, cfg: SegmentConfig, img_size: int, **kwargs: Any
+    ) -> FastMaskGenerator:
+        """Drive the generator with two ONNX Runtime sessions of the exported encoder and point decoder.
+
+        Inputs are fed by position (encoder: images; decoder: image_embeddings, point_coords, point_labels) as
+        float32 numpy arrays; outputs are taken by position (embeddings; low-res masks, IoU predictions).
+        """
+        enc_in = encoder_session.get_inputs()[0].name
+        dec_in = [i.name for i in decoder_session.get_inputs()]
+        if len(dec_in) != 3:
+            raise SegmentationError(
+                f"the SAM decoder session takes inputs {dec_in}, expected 3 (image_embeddings, point_coords, "
+                "point_labels); export it with sammil_deploy.export's point-grid decoder"
+            )
+
+        def encode(images: torch.Tensor) -> np.ndarray:
+            return encoder_session.run(None, {enc_in: _numpy32(images)})[0]
+
+        def decode(embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> tuple:
+            feed = dict(zip(dec_in, (_numpy32(embedding), _numpy32(coords), _numpy32(labels)), strict=True))
+            low_res, iou = decoder_session.run(None, feed)[:2]
+            return low_res, iou
+
+        return cls(encode, decode, cfg, img_size, **kwargs)
+
+    def generate(self, image: np.ndarray) -> Segmentation:
+        """Automatic masks of an (H, W, 3) uint8 RGB image.
+
+        Returns:
+            Masks in the reference generator's order (SAM-MIL's group-token order), those with area below
+            ``cfg.min_mask_region_area`` dropped as ``automask.sam_segment`` does, and the image's tissue area.
+        """
+        import torch
+
+        from sammil_deploy.segment.automask import _generator_settings
+        from sammil_deploy.segment.image_tissue import tissue_mask_on_image
+
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise SegmentationError(
+                f"SAM needs an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}; "
+                "pass the RGB SAM image (read_sam_image) as uint8"
+            )
+        start = time.perf_counter()
+        with torch.inference_mode():
+            boxes, crops = self._generate(np.ascontiguousarray(image))
+        areas = np.asarray([int(c.sum()) for c in crops], np.int64)
+        keep = np.flatnonzero(areas >= max(self.cfg.min_mask_region_area, 1))
+        log.info(
+            "%s: %d masks on %dx%d in %.2f s", self.name, len(keep), image.shape[1], image.shape[0],
+            time.perf_counter() - start,
+        )  # fmt: skip
+        settings = _generator_settings(self.cfg, self.name.removeprefix("sam_fast_"))
+        return Segmentation(
+            bbox_xyxy=boxes[keep].reshape(-1, 4),
+            crops=tuple(crops[i] for i in keep),
+            image_hw=(int(image.shape[0]), int(image.shape[1])),
+            segmenter=self.name,
+            config={**settings, "generator": "fast"},
+            tissue_area_px=int(tissue_mask_on_image(image).sum()),
+        )
+
+    def _generate(self, image: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(K, 4) int64 exclusive boxes and K bool crops, before the final area filter."""
+        import torch
+        from segment_anything.utils.amg import generate_crop_boxes
+        from torchvision.ops import batched_nms, box_area
+
+        image_hw = (int(image.shape[0]), int(image.shape[1]))
+        crop_boxes, layer_idxs = generate_crop_boxes(image_hw, self.cfg.crop_n_layers, CROP_OVERLAP_RATIO)
+        images, resized_hw = self._preprocess(image, crop_boxes)
+        embeddings = self._encode(images)
+        parts = [
+            self._crop_candidates(embeddings[i : i + 1], i, box, layer, resized_hw[i], image_hw)
+            for i, (box, layer) in enumerate(zip(crop_boxes, layer_idxs, strict=True))
+        ]
+        data = _Candidates.cat(parts)
+        crop_xyxy = torch.tensor(crop_boxes, dtype=torch.int64, device=self.device)
+        offsets = crop_xyxy[data.crop][:, [0, 1, 0, 1]]
+        if len(crop_boxes) > 1:  # duplicates between crops: prefer masks from smaller crops, as upstream
+            scores = 1 / box_area(crop_xyxy[data.crop])
+            keep = batched_nms((data.boxes + offsets).float(), scores, torch.zeros_like(data.crop), CROP_NMS_THRESH)
+            data, offsets = data.select(keep), offsets[keep]
+        boxes_image, masks = self._render(data, crop_boxes, resized_hw)
+        if self.cfg.min_mask_region_area > 0:
+            boxes_image, masks = self._remove_small_regions(boxes_image, masks, image_hw)
+        return boxes_image, masks
+
+    def _preprocess(self, image: np.ndarray, crop_boxes: list[list[int]]) -> tuple[torch.Tensor, list]:
+        """(B, 3, S, S) encoder input of every crop and each crop's resized (H', W')."""
+        import torch
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        resize = ResizeLongestSide(self.img_size)
+        batch = torch.zeros((len(crop_boxes), 3, self.img_size, self.img_size), device=self.device)
+        resized_hw = []
+        for i, (x0, y0, x1, y1) in enumerate(crop_boxes):
+            # PIL bilinear resize of the uint8 crop, as SamPredictor.set_image: same encoder input as upstream.
+            resized = torch.as_tensor(resize.apply_image(image[y0:y1, x0:x1]), device=self.device)
+            h, w = resized.shape[:2]
+            batch[i, :, :h, :w] = (resized.permute(2, 0, 1).float() - self._mean) / self._std
+            resized_hw.append((h, w))
+        return batch, resized_hw
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        step = self.encoder_batch_size or len(images)
+        outs = [self._tensor(self.encoder(images[i : i + step])) for i in range(0, len(images), step)]
+        return torch.cat(outs)
+
+    def _crop_candidates(
+        self,
+        embedding: torch.Tensor,
+        crop_index: int,
+        crop_box: list[int],
+        layer: int,
+        resized_hw: tuple[int, int],
+        image_hw: tuple[int, int],
+    ) -> _Candidates:
+        """Decode one crop's point grid; keep masks passing the IoU, stability and crop-edge filters, then NMS."""
+        import torch
+        from segment_anything.utils.amg import is_box_near_crop_edge
+        from torchvision.ops import batched_nms
+
+        x0, y0, x1, y1 = crop_box
+        crop_hw = (y1 - y0, x1 - x0)
+        points_crop_xy = self.point_grids[layer] * np.array(crop_hw[::-1])[None]
+        # ResizeLongestSide.apply_coords: crop px -> encoder-input px, per axis.
+        scale_xy = np.array([resized_hw[1] / crop_hw[1], resized_hw[0] / crop_hw[0]])
+        coords = torch.as_tensor(points_crop_xy * scale_xy, dtype=torch.float32, device=self.device)[:, None]
+        labels = torch.ones((len(coords), 1), dtype=torch.float32, device=self.device)
+        parts = []
+        for start in range(0, len(coords), self.points_per_batch):
+            stop = start + self.points_per_batch
+            low_res, iou = self.decoder(embedding, coords[start:stop], labels[start:stop])
+            low_res, iou = self._tensor(low_res).flatten(0, 1), self._tensor(iou).flatten(0, 1)
+            if self.cfg.pred_iou_thresh > 0.0:  # exact before upsampling: the IoU head does not see the masks
+                keep = iou > self.cfg.pred_iou_thresh
+                low_res, iou = low_res[keep], iou[keep]
+            stability, boxes = self._stability_and_boxes(low_res, resized_hw, crop_hw)
+            part = _Candidates(low_res, iou, stability, boxes, torch.full_like(boxes[:, 0], crop_index))
+            if self.cfg.stability_score_thresh > 0.0:
+                part = part.select(part.stability >= self.cfg.stability_score_thresh)
+            near_edge = is_box_near_crop_edge(part.boxes, crop_box, [0, 0, image_hw[1], image_hw[0]])
+            parts.append(part.select(~near_edge))
+        data = _Candidates.cat(parts)
+        keep = batched_nms(data.boxes.float(), data.iou, torch.zeros_like(data.crop), self.cfg.box_nms_thresh)
+        return data.select(keep)
+
+    def _chunks(self, n: int, resized_hw: tuple[int, int], crop_hw: tuple[int, int]) -> range:
+        per_mask_px = self.img_size**2 + resized_hw[0] * resized_hw[1] + crop_hw[0] * crop_hw[1]
+        return range(0, n, max(1, self.chunk_px // per_mask_px))
+
+    def _stability_and_boxes(
+        self, low_res: torch.Tensor, resized_hw: tuple[int, int], crop_hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        stability = [torch.zeros(0, device=self.device)]
+        boxes = [torch.zeros((0, 4), dtype=torch.int64, device=self.device)]
+        chunks = self._chunks(len(low_res), resized_hw, crop_hw)
+        for start in chunks:
+            logits = upscale_logits(low_res[start : start + chunks.step], self.img_size, resized_hw, crop_hw)
+            s, b = stability_and_boxes(logits, MASK_THRESHOLD, STABILITY_OFFSET)
+            stability.append(s.float())
+            boxes.append(b)
+        return torch.cat(stability), torch.cat(boxes)
+
+    def _render(
+        self, data: _Candidates, crop_boxes: list[list[int]], resized_hw: list[tuple[int, int]]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Upsample the surviving masks again and cut each to its box: (K, 4) exclusive image boxes, K crops."""
+        boxes_crop = data.boxes.cpu().numpy()
+        crop_of = data.crop.cpu().numpy()
+        masks: list[np.ndarray | None] = [None] * len(crop_of)
+        for c in np.unique(crop_of):
+            x0, y0, x1, y1 = crop_boxes[c]
+            rows = np.flatnonzero(crop_of == c)
+            chunks = self._chunks(len(rows), resized_hw[c], (y1 - y0, x1 - x0))
+            for start in chunks:
+                sel = rows[start : start + chunks.step]
+                logits = upscale_logits(data.low_res[sel], self.img_size, resized_hw[c], (y1 - y0, x1 - x0))
+                binary = (logits > MASK_THRESHOLD).cpu().numpy()
+                for j, k in enumerate(sel):
+                    bx0, by0, bx1, by1 = boxes_crop[k]
+                    masks[k] = np.ascontiguousarray(binary[j, by0 : by1 + 1, bx0 : bx1 + 1])
+        offsets = np.asarray(crop_boxes, np.int64)[crop_of][:, [0, 1, 0, 1]] if len(crop_of) else 0
+        boxes_image = (boxes_crop + offsets + np.array([0, 0, 1, 1])).reshape(-1, 4).astype(np.int64)
+        return boxes_image, masks  # type: ignore[return-value]
+
+    def _remove_small_regions(
+        self, boxes: np.ndarray, masks: list[np.ndarray], image_hw: tuple[int, int]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Upstream ``postprocess_small_regions``: clean each mask, then NMS preferring unchanged masks."""
+        import torch
+        from torchvision.ops import batched_nms
+
+        if not masks:
+            return boxes, masks
+        new_boxes, new_masks, unchanged = [], [], []
+        for box, crop in zip(boxes, masks, strict=True):
+            crop, box, changed = remove_small_regions_in_box(
+                crop, tuple(int(v) for v in box), image_hw, self.cfg.min_mask_region_area
+            )
+            new_boxes.append(box)
+            new_masks.append(crop)
+            unchanged.append(float(not changed))
+        boxes = np.asarray(new_boxes, np.int64)
+        # Upstream boxes are inclusive and [0, 0, 0, 0] for an empty mask.
+        inclusive = np.where((boxes[:, 2:] > boxes[:, :2]).all(1, keepdims=True), boxes - [0, 0, 1, 1], 0)
+        keep = batched_nms(
+            torch.as_tensor(inclusive).float(),
+            torch.as_tensor(unchanged),
+            torch.zeros(len(boxes), dtype=torch.int64),
+            max(self.cfg.box_nms_thresh, CROP_NMS_THRESH),
+        ).numpy()
+        return boxes[keep], [new_masks[i] for i in keep]
+
+    def _tensor(self, x: Any) -> torch.Tensor:
+        import torch
+
+        return torch.as_tensor(x, device=self.device)
+
+
+def fast_sam_segment(image: np.ndarray, cfg: SegmentConfig, sam: Sam | None = None) -> Segmentation:
+    """``automask.sam_segment`` with :class:`FastMaskGenerator` on the PyTorch model: same masks, faster.
+
+    Raises:
+        SegmentationError: If the GPU runs out of memory (with the settings to lower).
+    """
+    import torch
+
+    from sammil_deploy.segment.automask import load_sam
+
+    if sam is None:
+        sam = load_sam(cfg)
+    generator = FastMaskGenerator.from_sam(sam, cfg)
+    try:
+        return generator.generate(image)
+    except torch.cuda.OutOfMemoryError:
+        raise SegmentationError(
+            f"{generator.name} ran out of GPU memory on a {image.shape[1]}x{image.shape[0]} image; lower "
+            "segment.points_per_batch (e.g. 16) or segment.long_side_px, or use device 'cpu'"
+        ) from None
+
+
+def _numpy32(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)

@@ -1,0 +1,213 @@
+"""FastMaskGenerator against upstream SamAutomaticMaskGenerator (via ``automask.sam_segment``) on the same model.
+
+A randomly initialised tiny SAM predicts IoUs of about -0.3..0.1 and logits within +-1 (stability 0), so with
+SAM-MIL's thresholds (0.6/0.6) nothing survives. Two ways around it, both stated where used:
+
+- the plain random tiny SAM with both score filters off (``pred_iou_thresh`` = ``stability_score_thresh`` = 0);
+- ``_scaled_tiny_sam``: the same random model with its mask logits multiplied by 100 and its IoU head shifted by
+  +0.6, so scores straddle the default 0.6 thresholds and the filters really run.
+
+Random SAM masks are image-sized blobs, so box NMS leaves one or two of them. To compare many masks (NMS within
+and between crops, crop-edge filtering, small-region cleanup), ``_disc_sam`` keeps the tiny SAM's real image
+encoder but swaps its prompt encoder and mask decoder for a deterministic point decoder whose three masks are
+discs around the prompt modulated by the image embedding; the reference generator runs it unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sammil_deploy.segment import SegmentConfig, segment_image
+from sammil_deploy.segment.automask import sam_segment
+from sammil_deploy.segment.fast_automask import FastMaskGenerator
+from sammil_deploy.segment.postprocess import mask_boxes, remove_small_regions_in_box
+from sammil_deploy.segment.sam_model import build_sam
+from sammil_deploy.segment.segmentation import Segmentation
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared 2-core machine: more threads only spin
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny_sam(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_sam("tiny")
+
+
+def _scaled_tiny_sam(seed: int = 0):
+    sam = _tiny_sam(seed)
+    with torch.no_grad():
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(100.0)
+            mlp.layers[-1].bias.mul_(100.0)
+        sam.mask_decoder.iou_prediction_head.layers[-1].bias.add_(0.6)
+    return sam
+
+
+class _PointPassThrough(nn.Module):
+    """Prompt encoder stand-in: hands the (P, 1, 2) input-frame points to the decoder as the sparse embedding."""
+
+    def forward(self, points, boxes=None, masks=None):
+        coords, _ = points
+        return coords.float(), torch.zeros(1)
+
+    def get_dense_pe(self) -> torch.Tensor:
+        return torch.zeros(1)
+
+
+class _DiscDecoder(nn.Module):
+    """Three disc masks (radii 6, 12, 24 input px) around each point, bent by the image embedding's channel 0."""
+
+    def __init__(self, input_size_px: int, low_res_px: int) -> None:
+        super().__init__()
+        centres = (torch.arange(low_res_px, dtype=torch.float32) + 0.5) * (input_size_px / low_res_px)
+        self.register_buffer("grid_y", centres[:, None].expand(low_res_px, low_res_px).clone())
+        self.register_buffer("grid_x", centres[None, :].expand(low_res_px, low_res_px).clone())
+        self.register_buffer("radii", torch.tensor([6.0, 12.0, 24.0]))
+
+    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output):
+        from torch.nn import functional as F
+
+        xy = sparse_prompt_embeddings[:, 0]  # (P, 2)
+        dist = torch.hypot(self.grid_x - xy[:, 0, None, None], self.grid_y - xy[:, 1, None, None])  # (P, h, w)
+        feature = F.interpolate(image_embeddings[:, :1], self.grid_x.shape, mode="bilinear", align_corners=False)
+        feature = (feature - feature.mean()) / (feature.std() + 1e-6)  # (1, 1, h, w)
+        logits = 12.0 * (self.radii[None, :, None, None] - dist[:, None]) / self.radii[None, :, None, None]
+        logits = logits + 3.0 * feature
+        iou = torch.sigmoid(feature.flatten().mean() + torch.stack([xy[:, 0] - xy[:, 1]] * 3, 1) / 40.0)
+        return logits, iou.expand(len(xy), 3)
+
+
+def _disc_sam(seed: int = 0):
+    sam = _tiny_sam(seed)
+    size = sam.image_encoder.img_size
+    sam.prompt_encoder = _PointPassThrough()
+    sam.mask_decoder = _DiscDecoder(size, size // 4)
+    return sam
+
+
+def _blurred_noise(h: int, w: int, seed: int = 0) -> np.ndarray:
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur((rng.random((h, w, 3)) * 255).astype(np.uint8), (0, 0), 4)
+
+
+@pytest.fixture(scope="module")
+def thumbnail(real_slide_path) -> np.ndarray:
+    from sammil_deploy.slide import open_slide
+
+    with open_slide(real_slide_path) as reader:
+        return reader.thumbnail(256)
+
+
+def _matched_ious(reference: Segmentation, fast: Segmentation) -> np.ndarray:
+    """Per reference mask, its best IoU with any fast mask."""
+    ref = np.stack([reference.mask(k) for k in range(reference.n_masks)]).reshape(reference.n_masks, -1)
+    ours = np.stack([fast.mask(k) for k in range(fast.n_masks)]).reshape(fast.n_masks, -1)
+    inter = ref.astype(np.float32) @ ours.T.astype(np.float32)
+    union = ref.sum(1)[:, None] + ours.sum(1)[None] - inter
+    return (inter / np.maximum(union, 1)).max(axis=1)
+
+
+def _compare(sam, image: np.ndarray, *, min_reference: int = 1, **settings) -> tuple[Segmentation, Segmentation]:
+    cfg = SegmentConfig(segmenter="sam", sam_model="tiny", device="cpu", **settings)
+    reference = sam_segment(image, cfg, sam=sam)
+    fast = FastMaskGenerator.from_sam(sam, cfg).generate(image)
+    assert reference.n_masks >= min_reference, "test setup: too few reference masks to compare"
+    assert abs(fast.n_masks - reference.n_masks) <= max(1, reference.n_masks // 10)
+    assert np.median(_matched_ious(reference, fast)) >= 0.9
+    assert np.median(_matched_ious(fast, reference)) >= 0.9
+    return reference, fast
+
+
+def test_matches_reference_on_random_tiny_sam_with_filters_off():
+    # Plain random weights: IoU predictions < 0.2 and stability 0, so both score filters are disabled here.
+    _compare(_tiny_sam(), _blurred_noise(96, 128), points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+
+
+def test_matches_reference_on_scaled_tiny_sam_with_sammil_thresholds():
+    # Logits x100 and IoU head +0.6 so SAM-MIL's 0.6/0.6 thresholds keep some masks and drop others.
+    ref, fast = _compare(_scaled_tiny_sam(), _blurred_noise(96, 128), points_per_side=8)
+    assert fast.segmenter == "sam_fast_tiny"
+    assert ref.segmenter == "sam_tiny"
+    assert fast.tissue_area_px == ref.tissue_area_px
+
+
+def test_matches_reference_on_real_thumbnail(thumbnail):
+    _compare(_scaled_tiny_sam(), thumbnail, points_per_side=8)
+    _compare(_tiny_sam(1), thumbnail, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+
+
+def test_matches_reference_with_many_masks_and_crops(thumbnail):
+    sam = _disc_sam()
+    ref, fast = _compare(sam, thumbnail[:160, :192].copy(), min_reference=15, points_per_side=8)
+    # Same algorithm, same order: masks pair up one to one and nearly pixel-identical.
+    assert fast.n_masks == ref.n_masks
+    same = [np.array_equal(fast.mask(k), ref.mask(k)) for k in range(ref.n_masks)]
+    assert np.mean(same) >= 0.9
+
+
+def test_matches_reference_with_small_region_cleanup(thumbnail):
+    _compare(_disc_sam(), thumbnail[:160, :192].copy(), min_reference=10, points_per_side=8, min_mask_region_area=60)
+
+
+def test_segment_image_switches_generator():
+    image = _blurred_noise(96, 128)
+    sam = _disc_sam()
+    common = {"segmenter": "sam", "sam_model": "tiny", "device": "cpu", "points_per_side": 4}
+    fast = segment_image(image, SegmentConfig(**common), sam=sam)
+    reference = segment_image(image, SegmentConfig(generator="reference", **common), sam=sam)
+    assert fast.segmenter == "sam_fast_tiny"
+    assert fast.config["generator"] == "fast"
+    assert reference.segmenter == "sam_tiny"
+
+
+def test_mask_boxes_match_upstream():
+    from segment_anything.utils.amg import batched_mask_to_box
+
+    rng = np.random.default_rng(3)
+    masks = torch.as_tensor(rng.random((40, 23, 31)) > 0.97)
+    masks[5] = False  # an empty mask
+    masks[6, 4:9, 2:30] = True
+    assert torch.equal(mask_boxes(masks), batched_mask_to_box(masks))
+
+
+@pytest.mark.parametrize(
+    "case", ["interior", "spans_width", "spans_height", "corner", "small_outside", "all_small_islands"]
+)
+def test_remove_small_regions_in_box_matches_full_image(case):
+    from segment_anything.utils.amg import remove_small_regions
+
+    h, w, min_area = 40, 50, 12
+    rng = np.random.default_rng(hash(case) % 1000)
+    full = np.zeros((h, w), bool)
+    region = {
+        "interior": (slice(5, 30), slice(8, 40)),
+        "spans_width": (slice(10, 30), slice(0, w)),
+        "spans_height": (slice(0, h), slice(10, 35)),
+        "corner": (slice(0, 25), slice(0, 30)),
+        "small_outside": (slice(0, h), slice(0, w - 2)),  # outside is a 2 x 40 strip < min area... of 80 px
+        "all_small_islands": (slice(10, 20), slice(10, 20)),
+    }[case]
+    full[region] = True
+    noise = rng.random((h, w)) < (0.9 if case == "all_small_islands" else 0.08)
+    full[region] ^= noise[region]  # holes and specks of a few pixels
+    if case == "small_outside":
+        min_area = 100
+    expected, _ = remove_small_regions(full, min_area, mode="holes")
+    expected, _ = remove_small_regions(expected, min_area, mode="islands")
+    rows, cols = np.flatnonzero(full.any(1)), np.flatnonzero(full.any(0))
+    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    crop, new_box, changed = remove_small_regions_in_box(full[box[1] : box[3], box[0] : box[2]], box, (h, w), min_area)
+    got = np.zeros((h, w), bool)
+    got[new_box[1] : new_box[3], new_box[0] : new_box[2]] = crop
+    assert changed
+    np.testing.assert_array_equal(got, expected)
