@@ -25,10 +25,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sammil_deploy.errors import ConfigError, SlideError
+
+if TYPE_CHECKING:
+    from sammil_deploy.slide.synthetic_model import SlideModel
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +123,8 @@ class SyntheticTruth:
     """Ground truth of a synthetic slide on a coarse grid.
 
     Attributes:
-        tissue_mask: ``(h, w)`` bool, True where the cell centre is tissue.
+        tissue_mask: ``(h, w)`` bool, True where the model's tissue outline (before the few-micron pixel jitter
+            of the fuzzy edge) contains the cell centre.
         tumour_mask: ``(h, w)`` bool, True where the cell centre is tumour (always inside ``tissue_mask``).
         mask_downsample: Level-0 pixels per mask pixel (mask pixel ``(i, j)`` covers level-0
             ``[j*s, (j+1)*s) x [i*s, (i+1)*s)``).
@@ -171,7 +176,7 @@ def synthetic_truth(spec: SyntheticSlideSpec) -> SyntheticTruth:
     return _truth_of(SlideModel(spec))
 
 
-def _truth_of(model) -> SyntheticTruth:
+def _truth_of(model: SlideModel) -> SyntheticTruth:
     spec = model.spec
     tissue = model.fields[..., 0] > 0
     return SyntheticTruth(
@@ -267,7 +272,7 @@ class _Progress:
 
 
 def _encoded_tiles(
-    model, downsample: int, size_wh: tuple[int, int], pool: Executor, prefetch: int, counter: _Progress
+    model: SlideModel, downsample: int, size_wh: tuple[int, int], pool: Executor, prefetch: int, counter: _Progress
 ) -> Iterator[bytes]:
     """JPEG bytes of every tile of one level in TIFF order (row-major), rendered ``prefetch`` tiles ahead."""
     t = model.spec.tile_px
@@ -298,7 +303,7 @@ def _encode(tile: np.ndarray, quality: int) -> bytes:
     return imagecodecs.jpeg8_encode(tile, level=quality, colorspace="RGB", outcolorspace="YCBCR", subsampling=(2, 2))
 
 
-def _thumbnail(model, long_side_px: int = 768) -> np.ndarray:
+def _thumbnail(model: SlideModel, long_side_px: int = 768) -> np.ndarray:
     """Aperio-style thumbnail: the coarsest level, resized so its long side is at most ``long_side_px``."""
     import cv2
 
@@ -322,10 +327,10 @@ def _thumbnail(model, long_side_px: int = 768) -> np.ndarray:
 def _description(spec: SyntheticSlideSpec, name: str) -> str:
     """Level-0 ImageDescription: an Aperio-style header (pipe-separated key = value) or a plain note."""
     w, h, t = spec.width_px, spec.height_px, spec.tile_px
-    note = f"Generator = sammil-deploy synthetic|Seed = {spec.seed}|Tumour = {int(spec.tumour)}"
     if spec.vendor == "generic":
         return f"sammil-deploy synthetic slide {w}x{h} mpp={spec.mpp} seed={spec.seed}"
     return (
         f"Aperio Image Library v12.0.15 \n{w}x{h} [0,0 {w}x{h}] ({t}x{t}) JPEG/RGB Q={spec.jpeg_quality}"
-        f"|AppMag = {round(10.0 / spec.mpp)}|MPP = {spec.mpp:.4f}|Filename = {name}|{note}"
+        f"|AppMag = {round(10.0 / spec.mpp)}|MPP = {spec.mpp:.4f}|Filename = {name}"
+        f"|Generator = sammil-deploy synthetic|Seed = {spec.seed}"  # no label: it must not leak into the file
     )
