@@ -222,6 +222,8 @@ class BagDataset:
         group_tokens: Append group tokens to the bag (Eq. 4).
         needs_context: Refuse bags without SAM context (group tokens, SG2M or consistency are on).
         cache: Keep loaded bags in memory.
+        shared_cache: A dict shared between datasets (the folds of one run), keyed by slide id, so each bag is
+            read once per run; implies ``cache``.
     """
 
     def __init__(
@@ -232,6 +234,7 @@ class BagDataset:
         group_tokens: bool,
         needs_context: bool,
         cache: bool = True,
+        shared_cache: dict[str, BagTensors] | None = None,
     ) -> None:
         if len(sources) != len(labels):
             raise ValueError("sources and labels differ in length")
@@ -239,18 +242,20 @@ class BagDataset:
         self.labels = [int(v) for v in labels]
         self.group_tokens = group_tokens
         self.needs_context = needs_context
-        self.cache = cache
-        self._cached: dict[int, BagTensors] = {}
+        self.cache = cache or shared_cache is not None
+        self._cached: dict[str, BagTensors] = {} if shared_cache is None else shared_cache
+        self._ids = self.slide_ids
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def __getitem__(self, i: int) -> BagTensors:
-        if i in self._cached:
-            return self._cached[i]
+        key = self._ids[i]
+        if key in self._cached and self._cached[key].label == self.labels[i]:
+            return self._cached[key]
         item = self._load(i)
         if self.cache:
-            self._cached[i] = item
+            self._cached[key] = item
         return item
 
     @property

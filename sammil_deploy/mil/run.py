@@ -92,6 +92,8 @@ def train_cross_validation(
         "splits_sha256": _sha256_file(splits_path) if splits_path and splits_path.is_file() else None,
     }
 
+    shared: dict[str, Any] | None = {} if recipe.train.cache_bags else None  # each bag is read once per run
+
     def dataset(ids: Sequence[str]) -> BagDataset:
         return BagDataset(
             [sources[s] for s in ids],
@@ -99,6 +101,7 @@ def train_cross_validation(
             group_tokens=recipe.sammil.group_tokens,
             needs_context=recipe.sammil.needs_context,
             cache=recipe.train.cache_bags,
+            shared_cache=shared,
         )
 
     out_dir.mkdir(parents=True, exist_ok=True)
