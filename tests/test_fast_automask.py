@@ -23,7 +23,7 @@ from torch import nn
 from sammil_deploy.segment import SegmentConfig, segment_image
 from sammil_deploy.segment.automask import sam_segment
 from sammil_deploy.segment.fast_automask import FastMaskGenerator
-from sammil_deploy.segment.postprocess import mask_boxes, remove_small_regions_in_box
+from sammil_deploy.segment.postprocess import mask_boxes, remove_small_regions_in_box, stability_and_boxes
 from sammil_deploy.segment.sam_model import build_sam
 from sammil_deploy.segment.segmentation import Segmentation
 
@@ -178,6 +178,19 @@ def test_mask_boxes_match_upstream():
     masks[5] = False  # an empty mask
     masks[6, 4:9, 2:30] = True
     assert torch.equal(mask_boxes(masks), batched_mask_to_box(masks))
+
+
+def test_stability_and_boxes_match_upstream():
+    from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(12, 8, 8, generator=gen)
+    logits = torch.nn.functional.interpolate(logits[:, None], (45, 61), mode="bilinear")[:, 0] * 3
+    logits[3] = -5.0  # empty at every cut: NaN stability and a zero box, as upstream
+    stability, boxes = stability_and_boxes(logits, 0.0, 1.0)
+    torch.testing.assert_close(stability, calculate_stability_score(logits, 0.0, 1.0), equal_nan=True)
+    assert torch.equal(boxes, batched_mask_to_box(logits > 0.0))
+    assert torch.isnan(stability[3])
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ Calibration uses percentile clipping over real tissue patches. The result must p
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 import time
@@ -54,18 +56,19 @@ def quantize_resnet_int8(
         quantized = Path(tmp) / "quantized.onnx"
         quant_pre_process(str(fp32.path), str(prepared), skip_symbolic_shape=True)
         try:
-            quantize_static(
-                str(prepared),
-                str(quantized),
-                _PatchReader(patches, batch_size),
-                quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                op_types_to_quantize=["Conv", "Gemm", "MatMul"],
-                calibrate_method=CalibrationMethod.Percentile,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": 99.99},
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints progress
+                quantize_static(
+                    str(prepared),
+                    str(quantized),
+                    _PatchReader(patches, batch_size),
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+                    calibrate_method=CalibrationMethod.Percentile,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": 99.99},
+                )
         except (RuntimeError, ValueError) as err:
             raise ExportError(f"{fp32.path.name}: INT8 quantisation failed ({err})") from None
         model = onnx.load(str(quantized))

@@ -138,6 +138,7 @@ def _sam_chain_reports(
             images,
             points,
             precision,
+            artifact="sam chain (random)",
             notes={"inputs": RANDOM},
         )
     ]
@@ -203,24 +204,40 @@ def export_resnet(weights: Path | None, allow_random: bool, ctx: PartContext) ->
                 interpolation=encoder.interpolation,
             )
         )
-    calibration = None
+    calibration = variant_inputs = None
     if ctx.cfg.precision_for("resnet50") == "int8":
-        per_slide = -(-ctx.cfg.calibration_patches // len(ctx.calibration_slides))
-        calibration = np.concatenate(
-            [
-                resnet_export.slide_patches(
-                    s,
-                    patch_size_level0_px=512,
-                    out_size_px=size_px,
-                    count=per_slide,
-                    rng=ctx.rng,
-                    interpolation=encoder.interpolation,
-                )["patches"]
-                for s in ctx.calibration_slides
-            ]
-        )[: ctx.cfg.calibration_patches]
-    result, _ = _export_part(module, spec, example, "resnet50_trunc", reference, inputs, ctx, calibration=calibration)
+        calibration, variant_inputs = _int8_patches(size_px, encoder.interpolation, ctx)
+    result, _ = _export_part(
+        module, spec, example, "resnet50_trunc", reference, inputs, ctx,
+        calibration=calibration, variant_inputs=variant_inputs,
+    )  # fmt: skip
     return result
+
+
+def _int8_patches(size_px: int, interpolation: str, ctx: PartContext) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+    """Calibration patches from the calibration slides, and a separate draw of real patches for the INT8 gate.
+
+    INT8 is judged on tissue only: its ranges are calibrated on tissue, and random pixels say nothing about it.
+    """
+    per_slide = -(-ctx.cfg.calibration_patches // len(ctx.calibration_slides))
+    calibration = np.concatenate(
+        [
+            resnet_export.slide_patches(
+                s,
+                patch_size_level0_px=512,
+                out_size_px=size_px,
+                count=per_slide,
+                rng=ctx.rng,
+                interpolation=interpolation,
+            )["patches"]
+            for s in ctx.calibration_slides
+        ]
+    )[: ctx.cfg.calibration_patches]
+    check_slide = ctx.parity_slide or ctx.calibration_slides[0]
+    check = resnet_export.slide_patches(
+        check_slide, patch_size_level0_px=512, out_size_px=size_px, count=8, rng=ctx.rng, interpolation=interpolation
+    )
+    return calibration, [check]
 
 
 def export_mil(checkpoint: Path, ctx: PartContext) -> PartResult:
@@ -250,6 +267,7 @@ def _export_part(
     *,
     mask_outputs: tuple[str, ...] = (),
     calibration: np.ndarray | None = None,
+    variant_inputs: list[dict[str, np.ndarray]] | None = None,
 ) -> tuple[PartResult, ExportArtifact]:
     """FP32 export + parity, the precision variant + parity, and the TensorRT plan + parity."""
     result = PartResult(spec.part)
@@ -271,6 +289,8 @@ def _export_part(
 
         ctx.progress(f"quantising {spec.part} to int8 on {len(calibration)} patches")  # type: ignore[arg-type]
         final = quantize_resnet_int8(fp32, ctx.out_dir / f"{stem}.int8.onnx", calibration)  # type: ignore[arg-type]
+    if variant_inputs is not None:
+        inputs, notes = variant_inputs, {"inputs": "slide patches", "sizes": [_sizes(i) for i in variant_inputs]}
     if final is not fp32:
         result.artifacts.append(final)
         result.parity.append(

@@ -19,38 +19,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sammil_deploy import __version__
-from sammil_deploy.errors import ConfigError, ExportError
+from sammil_deploy.errors import BackendError, ConfigError, ExportError
+from sammil_deploy.runtime.artifacts import METADATA_PREFIX, TensorSpec, read_onnx_metadata
 
 if TYPE_CHECKING:
     import onnx
 
-METADATA_PREFIX = "sammil_deploy."
 METADATA_SCHEMA_VERSION = 1
 # protobuf cannot serialise a message over 2 GiB; weights beyond that go to one external-data file.
 EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3 - 64 * 1024**2
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset; TensorRT 10.x/11.x parse it
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """One named input or output.
-
-    Attributes:
-        name: Tensor name in the graph.
-        dtype: numpy dtype name (``float32``, ``uint8`` ...).
-        shape: Dimensions; ``str`` entries are dynamic axes named in the graph (``"batch"``).
-        doc: Meaning, units and frame.
-    """
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-    doc: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON."""
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "doc": self.doc}
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,29 +139,15 @@ def stamp_metadata(model: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """Our ``metadata_props`` of an ONNX file, prefix stripped, JSON values decoded; weights are not read.
+    """Our ``metadata_props`` of an ONNX file (:func:`sammil_deploy.runtime.artifacts.read_onnx_metadata`).
 
     Raises:
         ExportError: If the file is missing or not an ONNX model.
     """
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    path = Path(path)
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (OSError, DecodeError, ValueError) as err:
-        raise ExportError(f"{path}: cannot be read as ONNX ({err}); re-export it with `sammil-deploy export`") from None
-    out: dict[str, Any] = {}
-    for prop in model.metadata_props:
-        if not prop.key.startswith(METADATA_PREFIX):
-            continue
-        key = prop.key[len(METADATA_PREFIX) :]
-        try:
-            out[key] = json.loads(prop.value) if key in {"preprocessing", "config", "inputs", "outputs"} else prop.value
-        except json.JSONDecodeError:
-            out[key] = prop.value
-    return out
+        return read_onnx_metadata(path)
+    except BackendError as err:
+        raise ExportError(str(err)) from None
 
 
 def initializer_bytes(model: onnx.ModelProto) -> int:

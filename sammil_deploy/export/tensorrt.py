@@ -2,8 +2,9 @@
 
 A plan is a *plain* serialized engine (``trtexec --loadEngine`` reads it) with a sidecar ``<plan>.json``
 holding the TensorRT version, GPU name and compute capability, precision, optimisation profiles and the
-source ONNX's SHA-256. Plans are tied to one TensorRT version and one GPU architecture, so
-:func:`load_engine` refuses a mismatch with the command to rebuild.
+source ONNX's SHA-256. Plans are tied to one TensorRT version and one GPU architecture, so the runtime's
+``TrtBackend`` (:mod:`sammil_deploy.runtime.trt_backend`, imported here as ``TrtEngine``) refuses a mismatch
+with the command to rebuild.
 
 Precision comes from the ONNX graph (see :mod:`.fp16`): networks are strongly typed. TensorRT 10.x needs the
 ``STRONGLY_TYPED`` creation flag; 11.x is always strongly typed (the flag is accepted but ignored, and the
@@ -27,15 +28,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sammil_deploy import __version__
 from sammil_deploy._deps import require
-from sammil_deploy.errors import BackendError, ExportError, InputSpecError, MissingDependencyError
-
-if TYPE_CHECKING:
-    import numpy as np
-    import torch
+from sammil_deploy.errors import ExportError, MissingDependencyError
+from sammil_deploy.runtime.artifacts import read_onnx_metadata, sidecar_path
+from sammil_deploy.runtime.trt_backend import TrtBackend as TrtEngine  # loads/refuses/runs plans (runtime/)
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +197,8 @@ def build_engine(
         "workspace_bytes": int(workspace_bytes),
         "source_onnx": onnx_path.name,
         "source_onnx_sha256": file_sha256(onnx_path),
+        # I/O specs with the named dynamic axes, so the runtime validates inputs like the ONNX backends do
+        **{k: v for k, v in read_onnx_metadata(onnx_path).items() if k in ("inputs", "outputs")},
         "build_seconds": round(seconds, 2),
     }
     sidecar = sidecar_path(plan_path)
@@ -207,127 +208,9 @@ def build_engine(
     return EngineArtifact(plan_path, sidecar, seconds, meta)
 
 
-def sidecar_path(plan_path: Path) -> Path:
-    """``model.plan`` -> ``model.plan.json``."""
-    return plan_path.with_name(plan_path.name + ".json")
-
-
-def check_compatible(meta: Mapping[str, Any], *, trt_version: str, compute_capability: str, plan_name: str) -> None:
-    """Refuse a plan built with another TensorRT version or on another GPU architecture.
-
-    Raises:
-        BackendError: Naming what was built, what is here, and how to rebuild.
-    """
-    built_trt, built_cc = meta.get("tensorrt_version"), meta.get("compute_capability")
-    problems = []
-    if built_trt != trt_version:
-        problems.append(f"TensorRT {built_trt} (this machine has {trt_version})")
-    if built_cc != compute_capability:
-        problems.append(f"compute capability {built_cc} on {meta.get('gpu_name')} (this GPU is {compute_capability})")
-    if problems:
-        raise BackendError(
-            f"{plan_name}: built for {' and '.join(problems)}; TensorRT plans only run where they were built. "
-            f"Rebuild on this machine with `sammil-deploy export --trt ...` (from {meta.get('source_onnx')})"
-        )
-
-
-def read_sidecar(plan_path: Path) -> dict[str, Any]:
-    """The sidecar JSON of a plan.
-
-    Raises:
-        BackendError: Missing or malformed sidecar.
-    """
-    sidecar = sidecar_path(plan_path)
-    try:
-        return json.loads(sidecar.read_text())
-    except FileNotFoundError:
-        raise BackendError(
-            f"{plan_path.name}: sidecar {sidecar.name} not found; a plan without it cannot be checked, rebuild it "
-            "with `sammil-deploy export --trt`"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise BackendError(f"{sidecar}: malformed sidecar JSON ({err}); rebuild the plan") from None
-
-
-class TrtEngine:
-    """A deserialized plan with one execution context; runs on torch CUDA tensors (no pycuda).
-
-    ``engine({name: tensor or array}) -> {output name: CUDA tensor}``; inputs are moved to the GPU and cast to
-    the engine's input dtypes, outputs are allocated per call from the context's resolved shapes, and the
-    work is enqueued on the current torch CUDA stream (so ``.cpu()`` on an output waits for it).
-    """
-
-    def __init__(self, plan_path: Path, *, device: int = 0) -> None:
-        import torch
-
-        trt = require_tensorrt_gpu()
-        self.plan_path = Path(plan_path)
-        self.meta = read_sidecar(self.plan_path)
-        ident = gpu_identity(device)
-        check_compatible(
-            self.meta,
-            trt_version=trt.__version__,
-            compute_capability=ident["compute_capability"],
-            plan_name=self.plan_path.name,
-        )
-        if self.meta.get("gpu_name") != ident["gpu_name"]:
-            log.warning(
-                "%s was built on %s, running on %s (same architecture; tactics may be slower)",
-                self.plan_path.name,
-                self.meta.get("gpu_name"),
-                ident["gpu_name"],
-            )
-        self.device = torch.device("cuda", device)
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        self.engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
-        if self.engine is None:
-            raise BackendError(f"{self.plan_path.name}: TensorRT could not deserialize the plan; rebuild it")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self._dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
-
-    def __call__(self, inputs: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, torch.Tensor]:
-        """Run once; raises InputSpecError for a missing input or a shape outside the profile."""
-        import torch
-
-        keep_alive = []
-        for name in self.input_names:
-            if name not in inputs:
-                raise InputSpecError(f"{self.plan_path.name}: missing input {name!r}; expects {self.input_names}")
-            tensor = torch.as_tensor(inputs[name]).to(self.device, self._dtypes[name]).contiguous()
-            low, _, high = self.engine.get_tensor_profile_shape(name, 0)
-            if len(tensor.shape) != len(low) or any(
-                not lo <= s <= hi for s, lo, hi in zip(tensor.shape, low, high, strict=True)
-            ):
-                raise InputSpecError(
-                    f"{self.plan_path.name}: input {name!r} has shape {tuple(tensor.shape)}, outside the engine's "
-                    f"profile {tuple(low)}..{tuple(high)}; rebuild with larger --max-batch/--max-instances"
-                )
-            self.context.set_input_shape(name, tuple(tensor.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
-            keep_alive.append(tensor)
-        outputs = {}
-        for name in self.output_names:
-            shape = tuple(self.context.get_tensor_shape(name))
-            outputs[name] = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
-            self.context.set_tensor_address(name, outputs[name].data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise BackendError(f"{self.plan_path.name}: TensorRT execution failed (see the TensorRT log)")
-        stream.synchronize()  # inputs in keep_alive must outlive the kernels
-        return outputs
-
-
 def trt_runner(engine: TrtEngine) -> Any:
-    """Adapt a :class:`TrtEngine` to the numpy runner interface of :mod:`.verify`."""
-
-    def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {name: t.float().cpu().numpy() for name, t in engine(inputs).items()}
-
-    return run
+    """Adapt a TensorRT backend to the numpy runner interface of :mod:`.verify`."""
+    return engine.infer
 
 
 def ort_tensorrt_providers(
@@ -358,25 +241,6 @@ def ort_tensorrt_providers(
         ("CUDAExecutionProvider", {"device_id": device}),
         "CPUExecutionProvider",
     ]
-
-
-def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
-    import torch
-
-    table = {
-        trt.DataType.FLOAT: torch.float32,
-        trt.DataType.HALF: torch.float16,
-        trt.DataType.INT8: torch.int8,
-        trt.DataType.INT32: torch.int32,
-        trt.DataType.BOOL: torch.bool,
-        trt.DataType.UINT8: torch.uint8,
-    }
-    for name, torch_dtype in (("INT64", torch.int64), ("BF16", torch.bfloat16)):
-        if hasattr(trt.DataType, name):
-            table[getattr(trt.DataType, name)] = torch_dtype
-    if dtype not in table:
-        raise BackendError(f"TensorRT tensor type {dtype} has no torch equivalent")
-    return table[dtype]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

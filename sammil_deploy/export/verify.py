@@ -46,7 +46,8 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3, cosine_min=0.99999, mask_iou_min=0.98),
     "fp16": Tolerance(atol=1e-3, rtol=2e-2, cosine_min=0.999, mask_iou_min=0.90),
-    "int8": Tolerance(atol=1e-2, rtol=0.15, cosine_min=0.98, mask_iou_min=0.80),
+    # INT8 is judged on in-distribution inputs (real tissue patches): per-element errors are coarse by design.
+    "int8": Tolerance(atol=1e-2, rtol=0.25, cosine_min=0.99, mask_iou_min=0.80),
 }
 
 

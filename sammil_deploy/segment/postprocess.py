@@ -43,32 +43,47 @@ def upscale_logits(
 def stability_and_boxes(
     logits: torch.Tensor, mask_threshold: float, offset: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stability scores and tight boxes of thresholded masks.
+    """Stability scores and tight boxes of thresholded masks, without materialising the binary masks.
 
     Args:
-        logits: (N, H, W) float mask logits.
+        logits: (N, H, W) float mask logits, H < 32768.
         mask_threshold: Logit cut that binarises a mask (SAM: 0.0).
         offset: Stability offset (SAM: 1.0): IoU of the masks cut at threshold + offset and threshold - offset.
 
     Returns:
         (N,) float32 stability scores (NaN for masks empty at threshold - offset, as upstream) and (N, 4) int64
         inclusive (x0, y0, x1, y1) boxes of ``logits > mask_threshold`` ([0, 0, 0, 0] for empty masks), as
-        ``amg.batched_mask_to_box``.
+        ``amg.calculate_stability_score`` and ``amg.batched_mask_to_box``.
     """
-    import torch
-
-    inner = (logits > mask_threshold + offset).sum(dim=(-1, -2), dtype=torch.int32)
-    outer = (logits > mask_threshold - offset).sum(dim=(-1, -2), dtype=torch.int32)
-    binary = logits > mask_threshold
-    return inner / outer, mask_boxes(binary)
+    inner = _count_above(logits, mask_threshold + offset)
+    outer = _count_above(logits, mask_threshold - offset)
+    # any(x > t) over a row is max(x) > t: a reduction over floats instead of a full bool mask.
+    rows = logits.amax(dim=-1) > mask_threshold
+    cols = logits.amax(dim=-2) > mask_threshold
+    return inner / outer, _boxes_from_profiles(rows, cols)
 
 
 def mask_boxes(binary: torch.Tensor) -> torch.Tensor:
     """(N, 4) int64 inclusive (x0, y0, x1, y1) boxes of (N, H, W) bool masks; [0, 0, 0, 0] for empty masks."""
+    return _boxes_from_profiles(binary.any(dim=-1), binary.any(dim=-2))
+
+
+def _count_above(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(N,) int32 count of pixels above ``threshold``.
+
+    Summing bytes down the rows into int16 (exact below 32768 rows), then along the row, is ~4x faster on a CPU
+    than one int32 sum over both axes.
+    """
     import torch
 
-    rows = binary.any(dim=-1)  # (N, H)
-    cols = binary.any(dim=-2)  # (N, W)
+    above = (logits > threshold).view(torch.uint8)
+    return above.sum(dim=-2, dtype=torch.int16).sum(dim=-1, dtype=torch.int32)
+
+
+def _boxes_from_profiles(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Boxes from (N, H) "row has a pixel" and (N, W) "column has a pixel" flags."""
+    import torch
+
     h, w = rows.shape[-1], cols.shape[-1]
     # argmax returns the first maximum: first set row/column; on the flipped axis, the last.
     y0 = rows.to(torch.uint8).argmax(dim=-1)
