@@ -142,3 +142,56 @@ def tiny_slide(tmp_path_factory) -> Path:
     spec = SyntheticSlideSpec(width_px=400, height_px=300, n_tissue_pieces=1, n_lumens=0, seed=2)
     write_synthetic_slide(path, spec)
     return path
+
+
+# --- export fixtures: one tiny export of every part per session (torch.onnx export is slow on CPU) ---------------
+
+
+@pytest.fixture(scope="session")
+def tiny_mil_checkpoint(tmp_path_factory) -> Path:
+    """A saved (untrained, xavier-initialised) attention-MIL checkpoint: 64-d features, 2 classes, group tokens."""
+    from sammil_deploy.mil.checkpoint import make_meta, save_checkpoint
+    from sammil_deploy.mil.config import ModelConfig
+    from sammil_deploy.mil.model import build_model
+
+    cfg = ModelConfig(in_dim=64, embed_dim=32, attn_dim=16)
+    path = tmp_path_factory.mktemp("mil_ckpt") / "fold0"
+    meta = make_meta(cfg, class_names=("normal", "tumor"), group_tokens=True, feature_extractor="resnet50_trunc")
+    return save_checkpoint(path, build_model(cfg), meta)
+
+
+@pytest.fixture(scope="session")
+def random_resnet_weights(tmp_path_factory) -> Path:
+    """Random ResNet50-trunc weights saved as .safetensors, so a test can rebuild the exact exported model."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sammil_deploy.features.encoders import create_encoder
+
+    torch.manual_seed(0)
+    encoder = create_encoder("resnet50_trunc", allow_random=True)
+    path = tmp_path_factory.mktemp("resnet_weights") / "resnet50_trunc_random.safetensors"
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_mil_checkpoint, random_resnet_weights, real_slide_path):
+    """``export_all`` of every part (tiny SAM, random ResNet50, MIL) at ``int8`` (ResNet50 Q/DQ, others fp16).
+
+    Parity uses the real slide too, and the slide also provides the INT8 calibration patches.
+    Returns ``(report, out_dir)``.
+    """
+    import torch
+
+    from sammil_deploy.export.api import export_all
+    from sammil_deploy.export.config import ExportConfig
+
+    torch.manual_seed(0)
+    out_dir = tmp_path_factory.mktemp("export")
+    cfg = ExportConfig(precision="int8", calibration_patches=8)
+    report = export_all(
+        tiny_mil_checkpoint, None, "tiny", random_resnet_weights, out_dir, cfg,
+        allow_random_weights=True, parity_slide=real_slide_path, calibration_slides=(real_slide_path,),
+    )  # fmt: skip
+    return report, out_dir
