@@ -29,7 +29,7 @@ from sammil_deploy.runtime.artifacts import (
     sidecar_path,
     write_sidecar,
 )
-from sammil_deploy.runtime.ort_backend import CPU_EP, OrtBackend, resolve_providers
+from sammil_deploy.runtime.ort_backend import CPU_EP, OrtBackend, resolve_providers, trt_profile_options
 from sammil_deploy.runtime.torch_backend import TorchBackend
 from sammil_deploy.runtime.trt_backend import TrtBackend
 
@@ -377,3 +377,12 @@ def test_reads_the_sidecar_the_export_stage_writes(tmp_path):
     sidecar_path(plan).write_text(json.dumps({**written, "format_version": 2}))
     with pytest.raises(BackendError, match="newer than this sammil-deploy reads"):
         read_sidecar(plan)
+
+
+def test_trt_provider_profile_options_format():
+    profile = {"point_coords": ((1, 1, 2), (64, 1, 2), (1024, 1, 2)), "point_labels": ((1, 1), (64, 1), (1024, 1))}
+    assert trt_profile_options(profile) == {
+        "trt_profile_min_shapes": "point_coords:1x1x2,point_labels:1x1",
+        "trt_profile_opt_shapes": "point_coords:64x1x2,point_labels:64x1",
+        "trt_profile_max_shapes": "point_coords:1024x1x2,point_labels:1024x1",
+    }

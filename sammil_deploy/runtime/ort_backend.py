@@ -5,8 +5,11 @@ the next one if a provider's libraries fail to load; :attr:`OrtBackend.providers
 really uses). Forcing a provider that is not available, or that the session dropped, is an error naming what
 is available and how to install the missing one — never a silent fallback.
 
-The TensorRT provider gets ``trt_fp16_enable`` from the model's precision metadata and an engine/timing cache
-folder next to the model (``<model>.ort_trt_cache/``), so its engines are built once per machine.
+The TensorRT provider gets an engine/timing cache folder next to the model (``<model>.ort_trt_cache/``), so
+its engines are built once per machine. ``trt_fp16_enable`` stays off unless asked for: precision comes from
+the graph (the export stage's FP16 graphs keep LayerNorm/softmax in FP32, and that weak-typing flag would let
+TensorRT run them in FP16 — SAM's known failure mode; the flag is gone in TensorRT 11). Optimisation-profile
+shapes (:func:`trt_profile_options`) avoid engine rebuilds when a dynamic axis grows.
 """
 
 from __future__ import annotations
@@ -67,6 +70,19 @@ def resolve_providers(requested: str | Sequence[str], available: Sequence[str]) 
     return resolved
 
 
+def trt_profile_options(profile: Mapping[str, Sequence[Sequence[int]]]) -> dict[str, str]:
+    """TensorRT-provider options for one profile ``{input: (min_shape, opt_shape, max_shape)}``.
+
+    Returns:
+        ``{"trt_profile_min_shapes": "features:1x1024", "trt_profile_opt_shapes": ..., "trt_profile_max_shapes": ...}``.
+    """
+    keys = ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
+    return {
+        key: ",".join(f"{name}:{'x'.join(str(int(d)) for d in shapes[i])}" for name, shapes in profile.items())
+        for i, key in enumerate(keys)
+    }
+
+
 def _numpy_dtype(ort_type: str) -> str:
     """``"tensor(float)"`` → ``"float32"``."""
     inner = ort_type.removeprefix("tensor(").removesuffix(")")
@@ -88,6 +104,10 @@ class OrtBackend(Backend):
         device_id: CUDA device for the CUDA/TensorRT providers.
         intra_op_threads: CPU threads per operator (0: ONNX Runtime's default, all cores).
         trt_cache_dir: Engine/timing cache folder for the TensorRT provider (default ``<model>.ort_trt_cache``).
+        trt_fp16: Set the TensorRT provider's ``trt_fp16_enable`` (weak typing: lets TensorRT pick FP16 even for
+            layers the graph keeps in FP32; TensorRT 10 only).
+        trt_options: Extra TensorRT-provider options, e.g. :func:`trt_profile_options` or
+            ``{"trt_max_workspace_size": 4 << 30}``; they override the defaults.
     """
 
     kind = "onnxruntime"
@@ -100,6 +120,8 @@ class OrtBackend(Backend):
         device_id: int = 0,
         intra_op_threads: int = 0,
         trt_cache_dir: Path | None = None,
+        trt_fp16: bool = False,
+        trt_options: Mapping[str, Any] | None = None,
     ) -> None:
         if intra_op_threads < 0:
             raise ConfigError(f"intra_op_threads must be >= 0 (0 = onnxruntime default), got {intra_op_threads}")
@@ -111,6 +133,8 @@ class OrtBackend(Backend):
         self.device_id = device_id
         self.intra_op_threads = intra_op_threads
         self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir else None
+        self.trt_fp16 = trt_fp16
+        self.trt_options = dict(trt_options or {})
         self.metadata: dict[str, Any] = {}
         self.providers: list[str] = []
         self._session: Any = None
@@ -159,11 +183,12 @@ class OrtBackend(Backend):
             cache.mkdir(parents=True, exist_ok=True)
             return {
                 "device_id": self.device_id,
-                "trt_fp16_enable": self.metadata.get("precision") == "fp16",
+                "trt_fp16_enable": self.trt_fp16,
                 "trt_engine_cache_enable": True,
                 "trt_engine_cache_path": str(cache),
                 "trt_timing_cache_enable": True,
                 "trt_timing_cache_path": str(cache),
+                **self.trt_options,
             }
         if provider == CUDA_EP:
             return {"device_id": self.device_id}
