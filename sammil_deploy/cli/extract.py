@@ -103,10 +103,11 @@ def extract_cmd(
 
 def render_summary(summary: BatchSummary[ExtractResult], out: Path) -> None:
     """Per-slide table (patches, segments, seconds) on stderr, then one line per failure."""
-    table = Table(
-        "slide", "status", "patches", "masks", "segments", "features s", "patches/s", "seconds",
-        title=f"extract → {out}",
-    )  # fmt: skip
+    table = Table(title=f"extract → {out}")
+    name_px = min(40, max((len(r.slide.name) for r in summary.records), default=5))
+    table.add_column("slide", no_wrap=True, min_width=name_px)  # whole names, so they can be found in logs
+    for header in ("status", "patches", "masks", "segments", "features s", "patches/s", "seconds"):
+        table.add_column(header)
     for record in summary.records:
         r = record.result
         table.add_row(
