@@ -135,6 +135,9 @@ def test_onnxruntime_reads_specs_from_session_and_metadata(artifacts):
         assert described["kind"] == "onnxruntime"
         assert described["precision"] == "fp32"
     assert not backend.is_loaded
+    assert backend.infer(_mil_inputs(3))["attention"].shape == (3,)  # infer reloads a closed backend
+    assert backend.is_loaded
+    backend.close()
     assert read_onnx_metadata(path)["part"] == "mil"
     assert read_onnx_metadata(path)["inputs"][0]["shape"] == ["num_instances", IN_DIM]
 
@@ -386,3 +389,19 @@ def test_trt_provider_profile_options_format():
         "trt_profile_opt_shapes": "point_coords:64x1x2,point_labels:64x1",
         "trt_profile_max_shapes": "point_coords:1024x1x2,point_labels:1024x1",
     }
+
+
+def test_torch_backend_compiled_matches_eager_on_two_sizes(artifacts):
+    """``aot_eager`` exercises the torch.compile path (dynamo capture, dynamic shapes) without a C++ toolchain."""
+    module, spec, _, _ = artifacts["mil"]
+    torch._dynamo.reset()
+    with (
+        _torch_backend(artifacts["mil"]) as eager,
+        TorchBackend(module, spec.inputs, spec.outputs, compile="aot_eager") as compiled,
+    ):
+        assert compiled.describe()["compile"] == "aot_eager"
+        for n in (9, 130):
+            inputs = _mil_inputs(n, seed=n)
+            expected, got = eager.infer(inputs), compiled.infer(inputs)
+            for name in spec.output_names:
+                np.testing.assert_allclose(got[name], expected[name], atol=1e-6, rtol=1e-6)

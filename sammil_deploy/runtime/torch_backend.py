@@ -54,7 +54,8 @@ class TorchBackend(Backend):
         output_spec: Declared outputs, in return order.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         precision: ``fp32``, ``bf16`` (CUDA or CPU autocast) or ``fp16`` (CUDA autocast only).
-        compile: Wrap the module with ``torch.compile(dynamic=True)`` (first calls are slow: compilation).
+        compile: Wrap the module with ``torch.compile(dynamic=True)``: ``True`` for the default (inductor) backend,
+            or a ``torch.compile`` backend name (``"cudagraphs"``, ``"aot_eager"``). First calls compile (slow).
         name: Label for messages and reports (default: the module's class name).
 
     Raises:
@@ -71,7 +72,7 @@ class TorchBackend(Backend):
         *,
         device: str = "cpu",
         precision: str = "fp32",
-        compile: bool = False,  # noqa: A002  (mirrors torch.compile; the CLI flag is --compile)
+        compile: bool | str = False,  # noqa: A002  (mirrors torch.compile; the CLI flag is --compile)
         name: str | None = None,
     ) -> None:
         if precision not in PRECISIONS:
@@ -93,7 +94,11 @@ class TorchBackend(Backend):
         self._device = resolve_device(self.device)
         self.device = str(self._device)
         self.module.to(self._device).eval()
-        self._runner = torch.compile(self.module, dynamic=True) if self.compile else self.module
+        if self.compile:
+            backend = self.compile if isinstance(self.compile, str) else "inductor"
+            self._runner = torch.compile(self.module, dynamic=True, backend=backend)
+        else:
+            self._runner = self.module
         self._input_spec, self._output_spec = self._spec_in, self._spec_out
 
     def _close(self) -> None:
