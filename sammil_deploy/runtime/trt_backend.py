@@ -84,6 +84,7 @@ class TrtBackend(Backend):
         super().__init__(device=device, artifact=self.plan_path.name)
         self.profile = profile
         self.sidecar: PlanSidecar | None = None
+        self._runtime: Any = None
         self._engine: Any = None
         self._context: Any = None
         self._stream: torch.cuda.Stream | None = None
@@ -116,7 +117,8 @@ class TrtBackend(Backend):
             )
         logger = trt.Logger(trt.Logger.WARNING)
         with torch.cuda.device(self._torch_device):
-            engine = trt.Runtime(logger).deserialize_cuda_engine(self.plan_path.read_bytes())
+            runtime = trt.Runtime(logger)  # kept: the runtime must outlive its engines
+            engine = runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
             if engine is None:
                 raise BackendError(f"{self.plan_path}: TensorRT could not deserialise the plan; {REBUILD_HINT}")
             context = engine.create_execution_context()
@@ -129,7 +131,7 @@ class TrtBackend(Backend):
                     f"({engine.num_optimization_profiles} built)"
                 )
         self._stream = stream
-        self.sidecar, self._engine, self._context = sidecar, engine, context
+        self.sidecar, self._runtime, self._engine, self._context = sidecar, runtime, engine, context
         self._input_spec, self._output_spec = self._io_specs(trt, engine, sidecar)
         self._profile_ranges = {t.name: self._profile_range(engine, t.name) for t in self._input_spec if t.is_dynamic}
         log.info("TensorRT %s: %s on %s", trt.__version__, self.plan_path.name, self.device)
@@ -170,7 +172,7 @@ class TrtBackend(Backend):
         if self._stream is not None:
             self._stream.synchronize()
         self._buffers.clear()
-        self._context = self._engine = self._stream = None
+        self._context = self._engine = self._runtime = self._stream = None  # context before engine before runtime
 
     def _buffer(self, name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
         """A contiguous ``shape`` view of the grow-only device buffer for ``name``."""
