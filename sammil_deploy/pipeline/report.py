@@ -1,0 +1,118 @@
+"""Per-slide JSON report and the cohort's summary CSV.
+
+The report (``reports/<slide_id>.json``) is the last file ``infer`` writes for a slide, atomically, so its
+presence marks the slide done; a resumed run reads it back to fill the summary. Output paths inside it are
+relative to the output folder, so an output folder can be moved.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sammil_deploy.errors import ConfigError
+
+REPORT_SCHEMA_VERSION = 1
+SUMMARY_NAME = "summary.csv"
+# Entries that differ between two runs on the same inputs (wall times, host-specific paths).
+VOLATILE_KEYS = ("timings_s", "seconds", "patches_per_s", "created")
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
+    """``json.dumps(payload, indent=2, sort_keys=True)`` to ``path`` via ``path.partial`` + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """A report written by :func:`write_json_atomic`.
+
+    Raises:
+        ConfigError: If it is unreadable (a report from another tool, or edited by hand).
+    """
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: unreadable report ({err}); delete it to redo the slide") from None
+    if not isinstance(report, dict) or "prediction" not in report:
+        raise ConfigError(f"{path}: not an infer report; delete it to redo the slide")
+    return report
+
+
+def stable_view(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without wall times: what two runs on the same slide, bundle and config must agree on."""
+    return {k: v for k, v in report.items() if k not in VOLATILE_KEYS}
+
+
+def predict_label(
+    probabilities: Sequence[float], class_names: Sequence[str], threshold: float | None
+) -> tuple[str, int]:
+    """Decision: binary with a threshold → class 1 iff P(class 1) >= threshold; otherwise the argmax.
+
+    Returns:
+        (class name, class index).
+    """
+    if threshold is not None and len(class_names) == 2:
+        index = 1 if probabilities[1] >= threshold else 0
+    else:
+        index = max(range(len(probabilities)), key=lambda i: probabilities[i])
+    return class_names[index], index
+
+
+SUMMARY_BASE = ("slide_id", "slide", "status", "label", "threshold", "n_patches", "n_segments", "seconds")
+SUMMARY_TAIL = ("report", "error_type", "detail")
+
+
+def summary_rows(records: Sequence[dict[str, Any]], class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """One CSV row per slide from ``{"slide", "status", "report" (dict or None), "error_type", "detail"}``."""
+    rows = []
+    for rec in records:
+        report = rec.get("report") or {}
+        pred = report.get("prediction", {})
+        probs = pred.get("probabilities", {})
+        row = {
+            "slide_id": Path(rec["slide"]).stem,
+            "slide": str(rec["slide"]),
+            "status": rec["status"],
+            "label": pred.get("label", ""),
+            "threshold": "" if pred.get("threshold") is None else pred["threshold"],
+            "n_patches": report.get("counts", {}).get("patches", ""),
+            "n_segments": report.get("counts", {}).get("segments", ""),
+            "seconds": report.get("seconds", rec.get("seconds", "")),
+            **{f"p_{name}": probs.get(name, "") for name in class_names},
+            "report": rec.get("report_path") or "",
+            "error_type": rec.get("error_type") or "",
+            "detail": rec.get("detail") or "",
+        }
+        rows.append(row)
+    return rows
+
+
+def write_summary_csv(path: Path, rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> Path:
+    """Write the summary CSV atomically; columns: base, ``p_<class>`` per class, report path, error."""
+    columns = [*SUMMARY_BASE, *(f"p_{n}" for n in class_names), *SUMMARY_TAIL]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        tmp.write_text(buffer.getvalue())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,199 @@
+"""Per-slide steps shared by ``extract`` and ``infer``: segments, patch encoding, spatial context, bag attrs.
+
+``extract`` runs the encoder module directly (``features.extract.extract_features``); ``infer`` runs it through a
+:class:`~sammil_deploy.runtime.Backend` (PyTorch, ONNX Runtime or TensorRT) with :func:`encode_patches`. Both
+read patches the same way: :class:`~sammil_deploy.patching.dataset.PatchDataset` in DataLoader worker processes
+(one slide handle each), resized to the encoder input in the workers, batches prefetched into a bounded queue
+(``prefetch_factor`` batches per worker) and pinned on CUDA, so reading overlaps model compute.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from segment_anything.modeling import Sam
+
+    from sammil_deploy.features.bag import SpatialContext
+    from sammil_deploy.patching import PatchGrid
+    from sammil_deploy.runtime import Backend
+    from sammil_deploy.segment import PatchAssignment, SamImage, Segmentation, SegmentConfig
+    from sammil_deploy.segment.fast_automask import FastMaskGenerator
+    from sammil_deploy.slide import SlideInfo, SlideReader
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+
+
+def segment_patches(
+    reader: SlideReader,
+    bbox_level0: tuple[int, int, int, int],
+    grid: PatchGrid,
+    cfg: SegmentConfig,
+    *,
+    sam: Sam | None = None,
+    generator: FastMaskGenerator | None = None,
+) -> tuple[SamImage, Segmentation, PatchAssignment]:
+    """Read the SAM image of the tissue box, segment it and assign every patch to the masks it touches.
+
+    Args:
+        reader: An open slide.
+        bbox_level0: (x0, y0, x1, y1) level-0 union box of the tissue contours.
+        grid: The slide's patches.
+        cfg: Segmenter settings and membership mode.
+        sam: A loaded PyTorch SAM to reuse (``segment.automask.load_sam``), when SAM runs in PyTorch.
+        generator: A mask generator driven by exported SAM parts (ONNX Runtime / TensorRT); wins over ``sam``.
+
+    Returns:
+        The SAM image, its masks and the per-patch assignment.
+    """
+    from sammil_deploy.segment import assign_patches, read_sam_image, segment_image
+
+    sam_image = read_sam_image(reader, bbox_level0, cfg.long_side_px)
+    if generator is not None and cfg.resolved_segmenter == "sam":
+        segmentation = generator.generate(sam_image.image)
+    else:
+        segmentation = segment_image(sam_image.image, cfg, sam=sam)
+    assignment = assign_patches(
+        segmentation, sam_image, grid.coords_level0_xy, grid.patch_size_level0_px, mode=cfg.membership
+    )
+    return sam_image, segmentation, assignment
+
+
+def spatial_context(features: np.ndarray, assignment: PatchAssignment) -> SpatialContext:
+    """The bag's spatial context: the assignment plus one mean-feature group token per segment (Eq. 3).
+
+    Args:
+        features: (N, D) float32 patch features, rows in grid order.
+        assignment: From :func:`segment_patches`.
+    """
+    from sammil_deploy.features.bag import SpatialContext, group_features_from_memberships
+
+    return SpatialContext(
+        segment_id=assignment.segment_id,
+        segment_area_px=assignment.segment_area_px,
+        membership_patch=assignment.membership_patch,
+        membership_mask=assignment.membership_mask,
+        group_ids=assignment.group_ids,
+        group_area_px=assignment.group_area_px,
+        group_features=group_features_from_memberships(
+            features, assignment.membership_patch, assignment.membership_mask, assignment.group_ids
+        ),
+        tissue_area_px=assignment.tissue_area_px,
+        segmenter=assignment.segmenter,
+    )
+
+
+def bag_attrs(
+    *,
+    encoder_meta: dict[str, Any],
+    interpolation: str,
+    precision: str,
+    extract_config: dict[str, Any],
+    info: SlideInfo,
+    grid: PatchGrid,
+    segmenter_config: dict[str, Any],
+    membership: str,
+) -> dict[str, Any]:
+    """Feature-file provenance: encoder and weights, every stage config, slide geometry (the store adds the version)."""
+    return {
+        "encoder": encoder_meta["name"],
+        "encoder_meta": encoder_meta,
+        "encoder_weights_sha256": encoder_meta["weights_sha256"],
+        "resize_interpolation": interpolation,
+        "precision": precision,
+        "extract_config": extract_config,
+        "segmenter_config": segmenter_config,
+        "membership_mode": membership,
+        "slide_mpp": info.mpp,
+        "slide_mpp_source": info.mpp_source,
+        "slide_width_px": info.dimensions_wh[0],
+        "slide_height_px": info.dimensions_wh[1],
+        "patch_size_px": grid.patch_size_px,
+        "target_mpp": grid.target_mpp,
+    }
+
+
+def encode_patches(
+    slide_path: Path,
+    grid: PatchGrid,
+    backend: Backend,
+    *,
+    input_size_px: int,
+    interpolation: str,
+    feature_dim: int,
+    batch_size: int,
+    num_workers: int,
+    prefetch_batches: int = 2,
+    mpp: float | None = None,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """Encode every patch of ``grid`` with a feature backend taking ``patches (B, S, S, 3) uint8`` RGB.
+
+    The backend is the exported ResNet contract (``export.resnet``: normalisation inside the model), so the
+    PyTorch module, the ONNX file and the TensorRT plan are fed the same uint8 batches.
+
+    Args:
+        slide_path: Slide file (opened once per reader process).
+        grid: Patch coordinates, level and read size.
+        backend: Loaded feature backend (input ``patches``, output ``features``).
+        input_size_px: Encoder input side S; patches are resized to it in the workers.
+        interpolation: ``bicubic`` or ``bilinear`` (the encoder's reference preprocessing).
+        feature_dim: D, to allocate the output.
+        batch_size: Patches per backend call.
+        num_workers: Reader processes (0: read in this process, no overlap).
+        prefetch_batches: Batches each worker keeps ready (bounds the queue and its memory).
+        mpp: Optional mpp override for slides without metadata.
+        progress: Called as ``progress(done, total)`` after each batch.
+
+    Returns:
+        (N, D) float32 features in grid order.
+
+    Raises:
+        SlideError: If a patch cannot be read.
+        InputSpecError, BackendError: If the backend refuses the batch.
+    """
+    from sammil_deploy.features.preprocess_ops import PatchTransform
+    from sammil_deploy.patching.dataset import PatchDataset, make_patch_loader
+
+    n = len(grid)
+    out = np.empty((n, feature_dim), np.float32)
+    if n == 0:
+        return out
+    dataset = PatchDataset(
+        slide_path,
+        grid.coords_level0_xy,
+        grid.patch_size_level0_px,
+        grid.patch_level,
+        PatchTransform(input_size_px, interpolation),
+        read_size_px=grid.patch_size_px,
+        mpp=mpp,
+    )
+    loader = make_patch_loader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=backend.device.startswith("cuda"),
+        persistent=False,
+        prefetch_factor=max(1, prefetch_batches),
+    )
+    done = 0
+    try:
+        for batch_chw, rows in loader:
+            # Workers emit (B, 3, S, S); the NHWC view is what the graph takes (channels-last memory for free).
+            patches = batch_chw.permute(0, 2, 3, 1)
+            if backend.kind != "torch":
+                patches = patches.contiguous()
+            out[rows.numpy()] = backend.infer({"patches": patches})["features"]
+            done += len(rows)
+            if progress is not None:
+                progress(done, n)
+    finally:
+        dataset.close()
+    return out
