@@ -175,11 +175,11 @@ def extract_slide(
         SlideError, TissueError, PatchingError, SegmentationError, WeightsError, ConfigError: On bad input;
             nothing is left in ``out_dir`` for this slide then.
     """
-    from sammil_deploy.features.bag import FeatureBag, SpatialContext, group_features_from_memberships
+    from sammil_deploy.features.bag import FeatureBag
     from sammil_deploy.features.extract import build_encoder, extract_features
     from sammil_deploy.features.store import write_bag
     from sammil_deploy.patching import make_patch_grid, require_patch_fits
-    from sammil_deploy.segment import assign_patches, segment_slide
+    from sammil_deploy.pipeline.stages import segment_patches, spatial_context
     from sammil_deploy.segment.io import save_segmentation
     from sammil_deploy.slide import open_slide
     from sammil_deploy.tissue import detect_tissue
@@ -195,10 +195,7 @@ def extract_slide(
         tissue = detect_tissue(reader, cfg.tissue)
         grid = make_patch_grid(info, tissue, cfg.patch)
         stages["tissue_patching"] = _lap(start)
-        sam_image, segmentation = segment_slide(reader, tissue.bbox_level0, cfg.segment, sam=sam)
-        assignment = assign_patches(
-            segmentation, sam_image, grid.coords_level0_xy, grid.patch_size_level0_px, mode=cfg.segment.membership
-        )
+        sam_image, segmentation, assignment = segment_patches(reader, tissue.bbox_level0, grid, cfg.segment, sam=sam)
         stages["segmentation"] = _lap(start, stages)
 
     features = extract_features(
@@ -214,19 +211,7 @@ def extract_slide(
     )
     stages["features"] = _lap(start, stages)
 
-    context = SpatialContext(
-        segment_id=assignment.segment_id,
-        segment_area_px=assignment.segment_area_px,
-        membership_patch=assignment.membership_patch,
-        membership_mask=assignment.membership_mask,
-        group_ids=assignment.group_ids,
-        group_area_px=assignment.group_area_px,
-        group_features=group_features_from_memberships(
-            features, assignment.membership_patch, assignment.membership_mask, assignment.group_ids
-        ),
-        tissue_area_px=assignment.tissue_area_px,
-        segmenter=assignment.segmenter,
-    )
+    context = spatial_context(features, assignment)
     bag = FeatureBag(
         slide_id=info.slide_id,
         coords_level0_xy=grid.coords_level0_xy,
@@ -327,19 +312,15 @@ def _provenance(
     membership: str,
 ) -> dict[str, Any]:
     """File attrs: encoder and weights, every stage config, slide geometry (the store adds the version)."""
-    return {
-        "encoder": encoder.name,
-        "encoder_meta": encoder.meta.to_dict(),
-        "encoder_weights_sha256": encoder.weights_sha256,
-        "resize_interpolation": cfg.features.interpolation or encoder.interpolation,
-        "precision": cfg.features.precision,
-        "extract_config": to_dict(cfg),
-        "segmenter_config": seg_config,
-        "membership_mode": membership,
-        "slide_mpp": info.mpp,
-        "slide_mpp_source": info.mpp_source,
-        "slide_width_px": info.dimensions_wh[0],
-        "slide_height_px": info.dimensions_wh[1],
-        "patch_size_px": grid.patch_size_px,
-        "target_mpp": grid.target_mpp,
-    }
+    from sammil_deploy.pipeline.stages import bag_attrs
+
+    return bag_attrs(
+        encoder_meta=encoder.meta.to_dict(),
+        interpolation=cfg.features.interpolation or encoder.interpolation,
+        precision=cfg.features.precision,
+        extract_config=to_dict(cfg),
+        info=info,
+        grid=grid,
+        segmenter_config=seg_config,
+        membership=membership,
+    )
