@@ -74,6 +74,7 @@ def matched_iou_median(reference: Segmentation, fast: Segmentation) -> float:
 
 
 def timed(fn, repeats: int) -> tuple[list[float], object]:
+    """Seconds of each of ``repeats`` calls of ``fn`` (GPU work synchronised) and the last result."""
     times, out = [], None
     for _ in range(repeats):
         if torch.cuda.is_available():
@@ -87,6 +88,7 @@ def timed(fn, repeats: int) -> tuple[list[float], object]:
 
 
 def main() -> None:
+    """Parse arguments, run both generators alternately, print the table (and write JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slide", type=Path, default=REAL_SLIDE)
     parser.add_argument("--long-side", type=int, default=1024, help="SAM image long side, px")

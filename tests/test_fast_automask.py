@@ -118,7 +118,8 @@ def _matched_ious(reference: Segmentation, fast: Segmentation) -> np.ndarray:
 
 
 def _compare(sam, image: np.ndarray, *, min_reference: int = 1, **settings) -> tuple[Segmentation, Segmentation]:
-    cfg = SegmentConfig(segmenter="sam", sam_model="tiny", device="cpu", **settings)
+    settings.setdefault("device", "cpu")
+    cfg = SegmentConfig(segmenter="sam", sam_model="tiny", **settings)
     reference = sam_segment(image, cfg, sam=sam)
     fast = FastMaskGenerator.from_sam(sam, cfg).generate(image)
     assert reference.n_masks >= min_reference, "test setup: too few reference masks to compare"
@@ -224,3 +225,44 @@ def test_remove_small_regions_in_box_matches_full_image(case):
     got[new_box[1] : new_box[3], new_box[0] : new_box[2]] = crop
     assert changed
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.slow
+def test_onnxruntime_sessions_give_the_reference_masks(tmp_path, thumbnail):
+    # ~30 s on the shared 2-core machine, all of it the two torch.onnx exports of the tiny SAM.
+    ort = pytest.importorskip("onnxruntime")
+    from sammil_deploy.export import sam as sam_export
+    from sammil_deploy.export.onnx_export import export_onnx
+
+    sam = _scaled_tiny_sam()
+    size = sam.image_encoder.img_size
+    export_onnx(
+        sam.image_encoder,
+        sam_export.encoder_spec(sam, "tiny", "random"),
+        (torch.randn(2, 3, size, size),),
+        tmp_path / "encoder.onnx",
+    )
+    export_onnx(
+        sam_export.SamPointDecoder(sam),
+        sam_export.decoder_spec(sam, "tiny", "random"),
+        (torch.randn(1, 32, size // 16, size // 16), torch.rand(3, 1, 2) * size, torch.ones(3, 1)),
+        tmp_path / "decoder.onnx",
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    sessions = [
+        ort.InferenceSession(str(tmp_path / name), options, providers=["CPUExecutionProvider"])
+        for name in ("encoder.onnx", "decoder.onnx")
+    ]
+    cfg = SegmentConfig(segmenter="sam", sam_model="tiny", device="cpu", points_per_side=8)
+    fast = FastMaskGenerator.from_sessions(*sessions, cfg, size, name="sam_fast_tiny_onnx").generate(thumbnail)
+    reference = sam_segment(thumbnail, cfg, sam=sam)
+    assert fast.segmenter == "sam_fast_tiny_onnx"
+    assert fast.n_masks == reference.n_masks >= 1
+    assert np.median(_matched_ious(reference, fast)) >= 0.9
+
+
+@pytest.mark.gpu
+def test_matches_reference_on_cuda(thumbnail):
+    sam = _disc_sam().to("cuda")
+    _compare(sam, thumbnail, min_reference=15, points_per_side=16, device="cuda")
