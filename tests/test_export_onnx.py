@@ -29,7 +29,8 @@ def test_every_part_exported_and_within_tolerance(tiny_export):
         precisions = [a.precision for a in part.artifacts]
         assert precisions == ["fp32", expected[part.part]]
         for artifact in part.artifacts:
-            assert artifact.path.is_file() and artifact.path.parent == out_dir
+            assert artifact.path.is_file()
+            assert artifact.path.parent == out_dir
             assert artifact.sha256 == file_sha256(artifact.path)
             assert artifact.size_bytes >= artifact.path.stat().st_size > 0
         # one parity report per artifact, over two sizes of the dynamic axis (INT8: one batch of slide patches)
@@ -37,7 +38,8 @@ def test_every_part_exported_and_within_tolerance(tiny_export):
         per_artifact = [r for r in part.parity if r.precision != "int8" and not r.artifact.startswith("sam chain")]
         assert all(r.n_input_sets >= 2 for r in per_artifact)
     int8 = next(r for r in _part(report, "resnet50").parity if r.precision == "int8")
-    assert int8.notes["inputs"] == "slide patches" and int8.outputs[0].cosine >= 0.99
+    assert int8.notes["inputs"] == "slide patches"
+    assert int8.outputs[0].cosine >= 0.99
     # reduced precision stores the weights in half (fp16) or a quarter (int8) of the bytes
     for part in report.parts:
         fp32, reduced = (initializer_bytes(onnx.load(str(a.path))) for a in part.artifacts)
@@ -59,7 +61,8 @@ def test_sam_chain_checked_on_random_and_real_slide_with_mask_iou(tiny_export, r
     assert [r.notes["inputs"] for r in chains] == ["random", f"slide {real_slide_path.name}"]
     for chain in chains:
         masks = next(o for o in chain.outputs if o.name == "low_res_masks")
-        assert masks.mask_iou is not None and masks.mask_iou >= chain.tolerance.mask_iou_min
+        assert masks.mask_iou is not None
+        assert masks.mask_iou >= chain.tolerance.mask_iou_min
         assert {o.name for o in chain.outputs} == {"image_embeddings", "low_res_masks", "iou_predictions"}
 
 
@@ -71,7 +74,8 @@ def test_metadata_stamped(tiny_export, random_resnet_weights, tiny_mil_checkpoin
             assert meta["part"] == part.part
             assert meta["precision"] == artifact.precision
             assert meta["version"] == __version__
-            assert meta["inputs"] and meta["outputs"]
+            assert meta["inputs"]
+            assert meta["outputs"]
             model = onnx.load(str(artifact.path), load_external_data=False)
             assert model.opset_import[0].version >= 17
     resnet = read_metadata(_part(report, "resnet50").artifacts[0].path)
@@ -101,16 +105,22 @@ def test_dynamic_axes_named_and_usable_with_new_sizes(tiny_export):
     mil = ort.InferenceSession(str(_part(report, "mil").artifacts[0].path), providers=["CPUExecutionProvider"])
     for n in (2, 1000):
         logits, probs, attention = mil.run(None, {"features": rng.random((n, 64), dtype=np.float32)})
-        assert logits.shape == (2,) and attention.shape == (n,)
+        assert logits.shape == (2,)
+        assert attention.shape == (n,)
         assert attention.sum() == pytest.approx(1.0, abs=1e-5)
         assert probs == pytest.approx(np.exp(logits) / np.exp(logits).sum(), abs=1e-6)
     decoder = ort.InferenceSession(str(_part(report, "sam_decoder").artifacts[1].path))
-    masks, iou = decoder.run(None, {
-        "image_embeddings": rng.standard_normal((1, 32, 8, 8), dtype=np.float32),
-        "point_coords": rng.uniform(0, 128, (37, 1, 2)).astype(np.float32),
-        "point_labels": np.ones((37, 1), np.float32),
-    })  # fmt: skip
-    assert masks.shape == (37, 3, 32, 32) and iou.shape == (37, 3) and masks.dtype == np.float32
+    masks, iou = decoder.run(
+        None,
+        {
+            "image_embeddings": rng.standard_normal((1, 32, 8, 8), dtype=np.float32),
+            "point_coords": rng.uniform(0, 128, (37, 1, 2)).astype(np.float32),
+            "point_labels": np.ones((37, 1), np.float32),
+        },
+    )
+    assert masks.shape == (37, 3, 32, 32)
+    assert iou.shape == (37, 3)
+    assert masks.dtype == np.float32
 
 
 def test_resnet_folds_normalisation_and_matches_encoder(tiny_export, random_resnet_weights, real_slide_path):
@@ -118,8 +128,9 @@ def test_resnet_folds_normalisation_and_matches_encoder(tiny_export, random_resn
     from sammil_deploy.export.resnet import slide_patches
 
     encoder = create_encoder("resnet50_trunc", weights=random_resnet_weights)
-    patches = slide_patches(real_slide_path, patch_size_level0_px=512, out_size_px=224, count=2,
-                            rng=np.random.default_rng(1))["patches"]  # fmt: skip
+    patches = slide_patches(
+        real_slide_path, patch_size_level0_px=512, out_size_px=224, count=2, rng=np.random.default_rng(1)
+    )["patches"]
     mean, std = np.array(encoder.mean), np.array(encoder.std)
     normalised = ((patches / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
     with torch.inference_mode():
@@ -135,10 +146,12 @@ def test_int8_resnet_has_symmetric_qdq(tiny_export):
     int8 = _part(report, "resnet50").artifacts[1]
     model = onnx.load(str(int8.path))
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+    assert ops.count("QuantizeLinear") > 10
+    assert ops.count("DequantizeLinear") > 10
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
-    assert zero_points and all(np.all(z == 0) for z in zero_points)  # TensorRT needs symmetric INT8
+    assert zero_points
+    assert all(np.all(z == 0) for z in zero_points)
     assert read_metadata(int8.path)["int8_calibration_patches"] == "8"
 
 
@@ -149,4 +162,5 @@ def test_manifest_matches_report(tiny_export):
     assert manifest["config"]["precision"] == "int8"
     listed = {a["path"] for p in manifest["parts"] for a in p["artifacts"]}
     assert listed == {str(a.path) for p in report.parts for a in p.artifacts}
-    assert not list(out_dir.glob("*.partial")) and not list(out_dir.glob(".*partial"))
+    assert not list(out_dir.glob("*.partial"))
+    assert not list(out_dir.glob(".*partial"))

@@ -1,0 +1,69 @@
+"""`sammil-deploy export`: JSON report, exit codes, bad options rejected before any file is written."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from sammil_deploy.cli import main
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["sammil-deploy", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code or 0, out, err
+
+
+def test_export_mil_json(monkeypatch, capsys, tmp_path, tiny_mil_checkpoint):
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(
+        monkeypatch,
+        capsys,
+        "export",
+        "--out",
+        out,
+        "--checkpoint",
+        tiny_mil_checkpoint,
+        "--only",
+        "mil",
+        "--precision",
+        "fp16",
+        "--max-instances",
+        "5000",
+        "--json",
+    )
+    assert code == 0
+    payload = json.loads(stdout)
+    assert payload["passed"] is True
+    assert [p["part"] for p in payload["parts"]] == ["mil"]
+    assert payload["config"]["mil_instances"]["max"] == 5000
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["export_manifest.json", "mil_head.fp16.onnx", "mil_head.fp32.onnx"]
+    parity = payload["parts"][0]["parity"]
+    assert [r["precision"] for r in parity] == ["fp32", "fp16"]
+    assert all(r["passed"] for r in parity)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--only", "mil"], "needs --checkpoint"),
+        (["--only", "bogus"], "unknown part"),
+        (["--only", "resnet50"], "--encoder-weights"),
+        (["--only", "sam-encoder"], "--sam-checkpoint"),
+        (["--only", "sam-encoder", "--allow-random-weights"], "auto needs --sam-checkpoint"),
+        (["--only", "sam-encoder", "--precision", "int8", "--allow-random-weights", "--sam-model", "tiny"], "int8"),
+        (["--only", "resnet50", "--precision", "int8", "--allow-random-weights"], "--calibration-slide"),
+        (["--precision", "fp8"], "precision must be one of"),
+    ],
+)
+def test_bad_options_fail_before_writing(monkeypatch, capsys, tmp_path, args, message):
+    out = tmp_path / "out"
+    code, _, err = run_cli(monkeypatch, capsys, "export", "--out", out, *args)
+    assert code == 1
+    assert message in err.replace("\n", " ")
+    assert not out.exists()
