@@ -8,6 +8,7 @@ from sammil_deploy.cli import (
     data,  # noqa: F401  (make-demo-data)
     export,  # noqa: F401
     extract,  # noqa: F401
+    infer,  # noqa: F401  (infer, make-bundle)
     info,  # noqa: F401  (registers commands)
     preprocess,  # noqa: F401
     train,  # noqa: F401  (train, evaluate, import-checkpoint)

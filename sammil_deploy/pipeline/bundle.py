@@ -144,6 +144,7 @@ class Bundle:
             "built_with": self.manifest.get("sammil_deploy_version"),
             "encoder": self.encoder["name"],
             "encoder_weights_sha256": self.encoder["weights_sha256"],
+            "encoder_random_weights": bool(self.encoder.get("random_weights")),
             "checkpoint_sha256": self.manifest["files"][self.manifest["mil"]["checkpoint"]],
             "class_names": list(self.class_names),
             "threshold": self.threshold,
@@ -271,6 +272,7 @@ def _bundle_encoder(preprocess: SlideExtractConfig, tmp: Path, add: Any) -> tupl
         encoder = create_encoder(feats.encoder, weights=src)  # so weights_sha256 names the saved file
     meta = encoder.meta.to_dict()
     meta.pop("weights_source")
+    meta["random_weights"] = feats.weights is None
     meta["interpolation"] = feats.interpolation or encoder.interpolation
     return meta, rel
 

@@ -327,3 +327,35 @@ def write_summary(out_dir: Path, records: list[dict[str, Any]], class_names: tup
 def config_snapshot(bundle: Bundle, cfg: InferConfig) -> dict[str, Any]:
     """The settings stored in each report: runtime config and the bundle's preprocessing."""
     return {"infer": to_dict(cfg), "preprocess": bundle.manifest["preprocess"]}
+
+
+def collect_slides(inputs: Iterable[Path]) -> list[Path]:
+    """Slides from arguments: slide files, folders of slides, or ``.txt``/``.csv`` lists (one path per line).
+
+    In a list, blank lines and ``#`` comments are skipped, a CSV's first column is the path (a header row whose
+    first cell is ``slide`` or ``path`` is skipped), and relative paths are relative to the list's folder.
+
+    Raises:
+        SlideError: A path that does not exist, or a folder without slides.
+    """
+    from sammil_deploy.errors import SlideError
+    from sammil_deploy.slide import find_slides
+
+    slides: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_file() and item.suffix.lower() in (".txt", ".csv"):
+            lines = [line.split(",")[0].strip() for line in item.read_text().splitlines()]
+            entries = [e for e in lines if e and not e.startswith("#")]
+            if entries and entries[0].lower() in ("slide", "path", "slide_path"):
+                entries = entries[1:]
+            for entry in entries:
+                path = Path(entry) if Path(entry).is_absolute() else item.parent / entry
+                if not path.is_file():
+                    raise SlideError(f"{item}: listed slide {entry} not found; fix the list")
+                slides.append(path)
+        else:
+            slides.extend(find_slides(item))
+    if not slides:
+        raise SlideError("no slides given; pass slide files, folders or a .txt list")
+    return slides
