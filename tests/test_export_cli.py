@@ -67,3 +67,18 @@ def test_bad_options_fail_before_writing(monkeypatch, capsys, tmp_path, args, me
     assert code == 1
     assert message in err.replace("\n", " ")
     assert not out.exists()
+
+
+def test_build_profiles_load_and_are_ordered():
+    from pathlib import Path
+
+    from sammil_deploy.export.config import load_export_config
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "export").glob("*.toml"))
+    assert {p.stem for p in recipes} >= {"h100_h200", "a100", "l4", "jetson_orin"}
+    configs = {p.stem: load_export_config(p) for p in recipes}
+    assert all(c.gpu_class == name for name, c in configs.items())
+    # bigger GPUs get larger profile maxima
+    assert (
+        configs["h100_h200"].resnet_batch.max > configs["l4"].resnet_batch.max > configs["jetson_orin"].resnet_batch.max
+    )
