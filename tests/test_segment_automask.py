@@ -84,13 +84,13 @@ def test_segment_slide_with_tiny_sam_checkpoint_end_to_end(tiny_sam, real_slide_
     with open_slide(real_slide_path) as reader:
         sam_image, seg = segment_slide(reader, (0, 0, 2219, 2966), cfg)
     assert sam_image.image.shape[:2] == (185, 138)  # D = 16
-    assert seg.segmenter == "sam_tiny"
+    assert seg.segmenter == "sam_fast_tiny"  # segment.generator "fast" is the default
     assert seg.n_masks >= 1
     same = sam_segment(sam_image.image, cfg, sam=tiny_sam)  # the loaded checkpoint == the in-memory model
     np.testing.assert_array_equal(same.label_map, seg.label_map)
     xs, ys = np.meshgrid(np.arange(0, 2220 - 512, 512), np.arange(0, 2967 - 512, 512))
     a = assign_patches(seg, sam_image, np.stack([xs.ravel(), ys.ravel()], 1), 512)
-    assert a.segmenter == "sam_tiny"
+    assert a.segmenter == "sam_fast_tiny"
     assert len(a.segment_id) == xs.size
     png = save_overlay_png(tmp_path / "tiny_overlay.png", sam_image.image, seg)
     assert png.stat().st_size > 0
