@@ -124,7 +124,7 @@ def main() -> None:
         "vs model only",
         title=f"{Path(slide).name} {dims[0]}x{dims[1]}, {args.patches} patches of {args.patch_px} px -> 224, "
         f"batch {args.batch_size}, {device} ({gpu or f'{platform.machine()} {os.cpu_count()} CPUs'}), "
-        f"{args.precision}, {torch.get_num_threads()} torch threads",
+        f"{args.precision}, {torch.get_num_threads()} torch threads, load avg {os.getloadavg()[0]:.1f}",
     )
     for r in rows:
         table.add_row(r["mode"], f"{r['seconds']:.2f}", f"{r['patches_per_s']:.1f}", f"{r['vs_model_only']:.2f}x")
@@ -134,6 +134,7 @@ def main() -> None:
             json.dumps(
                 {
                     "slide": str(slide),
+                    "load_avg_1min": os.getloadavg()[0],
                     "device": str(device),
                     "gpu": gpu,
                     "args": {k: str(v) for k, v in vars(args).items()},

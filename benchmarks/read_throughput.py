@@ -110,7 +110,7 @@ def main() -> None:
         "regions/s",
         "vs row 1",
         title=f"{Path(slide).name} {dims[0]}x{dims[1]} px, {args.patch_px} px regions, transform={args.transform}, "
-        f"{platform.machine()} {os.cpu_count()} CPUs",
+        f"{platform.machine()} {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f}",
     )
     for r in rows:
         table.add_row(
@@ -125,7 +125,13 @@ def main() -> None:
     if args.out:
         args.out.write_text(
             json.dumps(
-                {"slide": str(slide), "args": {k: str(v) for k, v in vars(args).items()}, "results": rows}, indent=2
+                {
+                    "slide": str(slide),
+                    "load_avg_1min": os.getloadavg()[0],
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "results": rows,
+                },
+                indent=2,
             )
         )
 
