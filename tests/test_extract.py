@@ -10,7 +10,7 @@ from sammil_deploy.features.encoders import create_encoder
 from sammil_deploy.features.extract import ExtractConfig, encode_batch, extract_features
 from sammil_deploy.features.preprocess_ops import PatchTransform, normalize_batch
 
-COORDS = np.array([[0, 0], [600, 900], [1200, 1500], [1700, 2400], [300, 2000], [1600, 100]])
+COORDS = np.array([[0, 0], [1700, 2400], [1600, 100]])
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +55,12 @@ def test_features_match_direct_openslide_reference(real_slide_path, encoder):
         expected = encoder(torch.stack(inputs)).numpy()
     calls = []
     for workers in (0, 2):
-        cfg = ExtractConfig(allow_random=True, batch_size=4, num_workers=workers, device="cpu")
+        cfg = ExtractConfig(allow_random=True, batch_size=2, num_workers=workers, device="cpu")
         feats = extract_features(real_slide_path, COORDS, 512, encoder, cfg, progress=lambda d, t: calls.append((d, t)))
         assert feats.shape == (len(COORDS), 1024)
         assert feats.dtype == np.float32
         np.testing.assert_allclose(feats, expected, rtol=1e-4, atol=1e-4)
-    assert calls == [(4, 6), (6, 6)] * 2
+    assert calls == [(2, 3), (3, 3)] * 2
 
 
 def test_empty_coords_give_empty_features(real_slide_path, encoder):
@@ -71,7 +71,7 @@ def test_empty_coords_give_empty_features(real_slide_path, encoder):
 
 
 def test_bf16_autocast_on_cpu_stays_close(encoder):
-    batch = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, 3, 224, 224), dtype=np.uint8))
+    batch = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, 3, 64, 64), dtype=np.uint8))
     full = encode_batch(encoder, batch, torch.device("cpu"), "fp32")
     half = encode_batch(encoder, batch, torch.device("cpu"), "bf16")
     assert half.dtype == torch.float32
