@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_WEIGHTS = "random"
-INTERPOLATIONS = ("bicubic", "bilinear")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
