@@ -10,13 +10,13 @@ import typer
 from rich.table import Table
 
 from sammil_deploy.cli.app import app, console, print_json
+from sammil_deploy.errors import ConfigError
 
 if TYPE_CHECKING:
     from sammil_deploy.pipeline.batch import BatchSummary
     from sammil_deploy.pipeline.infer import SlideResult
 
 _STATUS = {"done": "[green]done[/green]", "skipped": "skipped (exists)", "failed": "[red]failed[/red]"}
-LOCAL_RAY = "local"
 
 
 @app.command("infer")
@@ -40,17 +40,12 @@ def infer_cmd(
         bool, typer.Option("--continue-on-error/--stop-on-error", help="Record a failing slide and go on.")
     ] = True,
     ray: Annotated[
+        bool, typer.Option("--ray", help="Distribute slides with Ray (needs the 'ray' extra); see --ray-address.")
+    ] = False,
+    ray_address: Annotated[
         str | None,
-        typer.Option(
-            "--ray",
-            is_flag=False,
-            flag_value=LOCAL_RAY,
-            metavar="[ADDRESS]",
-            help="Distribute slides with Ray: alone, a local cluster; with an address (auto, ray://host:10001), "
-            "that cluster (needs the 'ray' extra). Put it last or before another option: a bare word after it "
-            "is read as the address.",
-        ),
-    ] = None,  # fmt: skip
+        typer.Option(help="Ray cluster to attach to (auto, ray://host:10001); default: start a local one."),
+    ] = None,
     ray_workers: Annotated[int | None, typer.Option(help="Ray actors (default: one per GPU, or 1).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary on stdout.")] = False,
 ) -> None:
@@ -76,7 +71,9 @@ def infer_cmd(
                       "predictions are meaningless", highlight=False)  # fmt: skip
 
     def run(on_record: Callable | None, progress: Callable | None) -> BatchSummary[SlideResult]:
-        if ray is None:
+        if not ray:
+            if ray_address is not None or ray_workers is not None:
+                raise ConfigError("--ray-address and --ray-workers need --ray")
             return run_slides(
                 paths, loaded, cfg, out, overwrite=overwrite, continue_on_error=continue_on_error,
                 on_record=on_record, progress=progress,
@@ -85,7 +82,7 @@ def infer_cmd(
 
         # Ray actors report per slide (no per-stage progress crosses the cluster).
         return run_slides_ray(
-            paths, bundle, cfg, out, address=None if ray == LOCAL_RAY else ray, workers=ray_workers,
+            paths, bundle, cfg, out, address=ray_address, workers=ray_workers,
             overwrite=overwrite, continue_on_error=continue_on_error, on_record=on_record,
         )  # fmt: skip
 
