@@ -335,18 +335,30 @@ def render_table(report: BenchmarkReport) -> Any:
     return table
 
 
+def not_measured(results: Sequence[BenchmarkResult]) -> list[tuple[str, str]]:
+    """``(rows, "status: reason")`` for non-ok rows, rows sharing component/backend/precision/reason merged."""
+    merged: dict[tuple[str, str, str, str, str], list[str]] = {}
+    for r in results:
+        if r.status != "ok":
+            merged.setdefault((r.component, r.backend, r.precision, r.status, r.reason), []).append(r.size)
+    return [
+        (f"{c} {b} {p} ({', '.join(sizes)})", f"{status}: {reason}")
+        for (c, b, p, status, reason), sizes in merged.items()
+    ]
+
+
 def render_ratios(report: BenchmarkReport) -> Any:
     """A rich ``Table`` of the derived ratios and of the reasons of non-ok rows (``None`` if neither)."""
     from rich.table import Table
 
-    if not report.ratios and all(r.status == "ok" for r in report.results):
+    skipped = not_measured(report.results)
+    if not report.ratios and not skipped:
         return None
-    table = Table("ratio / row", "value / reason", title="derived ratios and skipped rows", title_justify="left")
+    table = Table("ratio / rows", "value / reason", title="derived ratios and rows not measured", title_justify="left")
     for ratio in report.ratios:
         table.add_row(ratio.name, f"{ratio.value:.3f}  ({ratio.numerator} / {ratio.denominator})")
-    for r in report.results:
-        if r.status != "ok":
-            table.add_row(r.label, f"{r.status}: {r.reason}")
+    for rows, reason in skipped:
+        table.add_row(rows, reason)
     return table
 
 
@@ -371,10 +383,10 @@ def to_markdown(report: BenchmarkReport) -> str:
     if report.ratios:
         lines += ["", "## Derived ratios", "", "| ratio | value | numerator | denominator |", "|---|---:|---|---|"]
         lines += [f"| {r.name} | {r.value:.3f} | {r.numerator} | {r.denominator} |" for r in report.ratios]
-    skipped = [r for r in report.results if r.status != "ok"]
+    skipped = not_measured(report.results)
     if skipped:
         lines += ["", "## Rows not measured", ""]
-        lines += [f"- {r.label}: **{r.status}**: {r.reason}" for r in skipped]
+        lines += [f"- {rows}: {reason}" for rows, reason in skipped]
     return "\n".join(lines) + "\n"
 
 

@@ -101,11 +101,13 @@ class ModelBench:
         enabled: Run this component.
         variants: ``"backend:precision"`` strings; ``torch:fp32`` (eager) is added as the reference if absent.
         sizes: Batch sizes (patches per call) or, for the MIL head, instances per bag.
+        timing: This component's timing policy (default: the suite's ``[timing]``).
     """
 
     enabled: bool = True
     variants: tuple[str, ...] = ("torch:fp32", "ort-cpu:fp32")
     sizes: tuple[int, ...] = (1,)
+    timing: TimingPolicy | None = None
 
     def __post_init__(self) -> None:
         _variants(self.variants, "variants")
@@ -114,25 +116,28 @@ class ModelBench:
 
 @dataclass(frozen=True, slots=True)
 class SamEncoderBench:
-    """The SAM image encoder (random weights of the named size) at several batch sizes.
+    """The SAM image encoder (random weights of the named sizes) at several batch sizes.
 
     Attributes:
         enabled: Run this component.
-        model: ``tiny`` (test model, 128 px input), ``vit_b``, ``vit_l`` or ``vit_h`` (1024 px input).
+        models: Any of ``tiny`` (test model, 128 px input), ``vit_b``, ``vit_l``, ``vit_h`` (1024 px input).
         variants: As :class:`ModelBench`.
         sizes: Batch sizes (images per call).
+        timing: This component's timing policy (default: the suite's ``[timing]``).
     """
 
     enabled: bool = True
-    model: str = "tiny"
+    models: tuple[str, ...] = ("tiny",)
     variants: tuple[str, ...] = ("torch:fp32", "ort-cpu:fp32")
     sizes: tuple[int, ...] = (1,)
+    timing: TimingPolicy | None = None
 
     def __post_init__(self) -> None:
         _variants(self.variants, "sam_encoder.variants")
         _sizes(self.sizes, "sam_encoder.sizes")
-        if self.model not in SAM_MODELS:
-            raise ConfigError(f"sam_encoder.model must be one of {', '.join(SAM_MODELS)}, got {self.model!r}")
+        bad = [m for m in self.models if m not in SAM_MODELS]
+        if not self.models or bad:
+            raise ConfigError(f"sam_encoder.models must name some of {', '.join(SAM_MODELS)}, got {list(self.models)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +153,7 @@ class MaskGenerationBench:
         points_per_side: Point grid (SAM-MIL: 32).
         crop_n_layers: Crop layers (SAM-MIL: 1).
         points_per_batch: Prompts per decoder call of the fast generator.
+        timing: This component's timing policy (default: the suite's ``[timing]``).
     """
 
     enabled: bool = True
@@ -158,6 +164,7 @@ class MaskGenerationBench:
     points_per_side: int = 32
     crop_n_layers: int = 1
     points_per_batch: int = 256
+    timing: TimingPolicy | None = None
 
     def __post_init__(self) -> None:
         _variants(self.variants, "mask_generation.variants")
@@ -181,6 +188,7 @@ class ReadingBench:
         patch_px: Region side in level-0 pixels.
         batch_size: Regions per DataLoader batch.
         resize_px: Also resize each region to this side in the workers (0: raw read + decode only).
+        timing: This component's timing policy (default: the suite's ``[timing]``).
     """
 
     enabled: bool = True
@@ -189,6 +197,7 @@ class ReadingBench:
     patch_px: int = 512
     batch_size: int = 32
     resize_px: int = 0
+    timing: TimingPolicy | None = None
 
     def __post_init__(self) -> None:
         _sizes(self.workers, "reading.workers", minimum=0)
@@ -211,6 +220,7 @@ class ExtractionBench:
         clam_workers: The CLAM-style loop's DataLoader workers; -1 = CLAM's rule (8 on CUDA, 0 on the CPU).
         interpolation: Resize filter of both sides (``bilinear`` is what CLAM's ``transforms.Resize`` does).
         precision: Our precision (``fp32``, ``bf16``; ``fp16`` on CUDA); CLAM-style is always fp32.
+        timing: This component's timing policy (default: the suite's ``[timing]``).
     """
 
     enabled: bool = True
@@ -220,6 +230,7 @@ class ExtractionBench:
     clam_workers: tuple[int, ...] = (-1,)
     interpolation: str = "bilinear"
     precision: str = "fp32"
+    timing: TimingPolicy | None = None
 
     def __post_init__(self) -> None:
         _sizes(self.workers, "extraction.workers", minimum=0)
@@ -234,27 +245,28 @@ class ExtractionBench:
 
 @dataclass(frozen=True, slots=True)
 class EndToEndBench:
-    """One slide end to end: tissue, patches, segments, features, group features, MIL head.
+    """One slide end to end with ``infer``: tissue, patches, segments, features, group tokens, MIL head, outputs.
 
     Attributes:
         enabled: Run this component.
+        variants: ``torch`` (any precision), ``ort-cpu``, ``ort-cuda`` or ``tensorrt`` variants.
         workers: Reader processes for the feature stage.
-        batch_size: Patches per forward pass.
-        segmenter: ``fallback`` (no weights) or ``sam`` with the tiny random SAM.
-        repeats: Timed runs (a whole slide each; the first run is an untimed warm-up).
+        batch_size: Patches per encoder call.
+        timing: This component's timing policy (default: the suite's ``[timing]``).
     """
 
     enabled: bool = True
+    variants: tuple[str, ...] = ("torch:fp32", "ort-cpu:fp32")
     workers: int = 2
     batch_size: int = 16
-    segmenter: str = "fallback"
-    repeats: int = 2
+    timing: TimingPolicy | None = None
 
     def __post_init__(self) -> None:
-        if self.workers < 0 or self.batch_size < 1 or self.repeats < 1:
-            raise ConfigError("end_to_end: workers must be >= 0, batch_size and repeats >= 1")
-        if self.segmenter not in ("fallback", "sam"):
-            raise ConfigError(f"end_to_end.segmenter must be fallback or sam, got {self.segmenter!r}")
+        _variants(self.variants, "end_to_end.variants")
+        if self.workers < 0 or self.batch_size < 1:
+            raise ConfigError(
+                f"end_to_end: workers must be >= 0 and batch_size >= 1, got {self.workers}, {self.batch_size}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

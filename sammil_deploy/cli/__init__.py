@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from sammil_deploy.cli import (
+    benchmark,  # noqa: F401
     data,  # noqa: F401  (make-demo-data)
     export,  # noqa: F401
     extract,  # noqa: F401

@@ -1,0 +1,151 @@
+"""End to end per slide: ``pipeline.infer.run_slide`` (tissue → patches → segments → features → MIL → outputs).
+
+The run's random ResNet50-trunc weights and random MIL checkpoint are exported (the ONNX files the model
+components already made are reused) and assembled into an inference bundle with ``make_bundle``, exactly as a
+deployment would; each backend's networks are loaded once (``load_models``) and every timed call is one whole
+slide, interleaved across backends. Items are the slide's patches, so patches/s compares with the reading floor
+and with the encoder alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sammil_deploy.bench import backends as bk
+from sammil_deploy.bench.components import RUN_ERRORS, mil_network, resnet50_network
+from sammil_deploy.bench.context import BenchContext
+from sammil_deploy.bench.reading import TISSUE_PRESET
+from sammil_deploy.bench.report import BenchmarkResult, failed, unavailable
+from sammil_deploy.bench.suites import EndToEndBench, Variant, reference_first
+from sammil_deploy.bench.timing import time_interleaved
+
+if TYPE_CHECKING:
+    from sammil_deploy.pipeline.bundle import Bundle
+
+COMPONENT = "end_to_end"
+# ``infer`` backends per benchmark variant (ONNX Runtime picks CUDA on a CUDA device, the CPU otherwise).
+INFER_BACKENDS = {"torch": "torch", "ort-cpu": "onnxruntime", "ort-cuda": "onnxruntime", "tensorrt": "tensorrt"}
+MAX_INSTANCES = 200_000  # TensorRT profile maximum of the MIL head's bag size
+
+
+def build_bundle(ctx: BenchContext, variants: tuple[Variant, ...], batch_size: int) -> Bundle:
+    """A bundle of the run's random encoder and MIL head with the exports ``variants`` need (fallback segmenter)."""
+    from sammil_deploy.pipeline.bundle import make_bundle
+    from sammil_deploy.pipeline.extract import load_extract_config
+
+    export_dir = ctx.work_dir / "end_to_end" / "export"
+    shutil.rmtree(export_dir, ignore_errors=True)
+    export_dir.mkdir(parents=True)
+    networks = {"resnet50": resnet50_network(ctx), "mil": mil_network(ctx)}
+    sizes = {"resnet50": (1, batch_size), "mil": (1, MAX_INSTANCES)}
+    needed = {(v.backend, v.precision) for v in variants if v.backend != "torch"}
+    for backend, precision in sorted(needed):
+        for part, net in networks.items():
+            onnx = ctx.exports.onnx_path(net.name, net.module, net.spec, net.example, precision)
+            _link(onnx, export_dir)
+            if backend == "tensorrt":
+                plan = ctx.exports.plan_path(net.name, onnx, precision, bk.profile_for(net.spec, sizes[part]))
+                _link(plan, export_dir)
+                _link(plan.with_name(plan.name + ".json"), export_dir)
+    preprocess = load_extract_config(
+        preset=TISSUE_PRESET, overrides={"features.weights": ctx.encoder_weights(), "segment.segmenter": "fallback"}
+    )
+    return make_bundle(
+        ctx.work_dir / "end_to_end" / "bundle",
+        ctx.mil_checkpoint(),
+        export_dir if needed else None,
+        preprocess,
+        overwrite=True,
+    )
+
+
+def _link(src: Path, folder: Path) -> None:
+    """Hard-link (or copy) ``src`` and its external-data file into ``folder``."""
+    for path in (src, src.with_name(src.name + ".data")):
+        if path.is_file():
+            dst = folder / path.name
+            try:
+                dst.hardlink_to(path)
+            except OSError:
+                shutil.copy2(path, dst)
+
+
+def bench_end_to_end(cfg: EndToEndBench, ctx: BenchContext) -> list[BenchmarkResult]:
+    """Time ``run_slide`` on the benchmark slide per backend variant; torch eager FP32 is the reference."""
+    from sammil_deploy.pipeline.infer import InferConfig, run_slide
+    from sammil_deploy.pipeline.models import load_models
+
+    variants = reference_first(cfg.variants, "end_to_end.variants")
+    size = f"{ctx.slide.name}, batch {cfg.batch_size}, {cfg.workers} workers"
+    rows: list[BenchmarkResult] = []
+    runnable = []
+    for variant in variants:
+        reason = bk.unavailable_reason(variant, ctx.device)
+        if reason is None and variant.backend not in INFER_BACKENDS:
+            reason = f"infer has no {variant.backend} backend (use {', '.join(INFER_BACKENDS)})"
+        if reason is not None:
+            rows.append(unavailable(COMPONENT, variant.backend, variant.precision, size, "patches", reason))
+        else:
+            runnable.append(variant)
+    ctx.progress(f"{COMPONENT}: exporting and bundling")
+    bundle = build_bundle(ctx, tuple(runnable), cfg.batch_size)
+    calls: dict[str, Any] = {}
+    loaded: dict[str, tuple[Variant, Any, Any]] = {}
+    try:
+        for variant in runnable:
+            infer_cfg = InferConfig(
+                backend=INFER_BACKENDS[variant.backend],
+                device=ctx.device,
+                precision=variant.precision,
+                batch_size=cfg.batch_size,
+                num_workers=cfg.workers,
+                intra_op_threads=ctx.threads,
+            )
+            out_dir = ctx.work_dir / "end_to_end" / "out" / str(variant).replace(":", "_")
+            try:
+                models = load_models(
+                    bundle,
+                    infer_cfg.backend,
+                    device=ctx.device,
+                    precision=variant.precision,
+                    intra_op_threads=ctx.threads,
+                )
+                first = run_slide(ctx.slide, bundle, infer_cfg, out_dir, models=models)
+            except RUN_ERRORS as err:
+                reason = f"{type(err).__name__}: {err}"
+                rows.append(failed(COMPONENT, variant.backend, variant.precision, size, "patches", reason))
+                continue
+            key = str(variant)
+            calls[key] = lambda c=infer_cfg, m=models, o=out_dir: run_slide(ctx.slide, bundle, c, o, models=m)
+            loaded[key] = (variant, models, first)
+        ctx.progress(f"{COMPONENT}: timing {len(calls)} backends on {ctx.slide.name}")
+        stats = time_interleaved(calls, cfg.timing or ctx.timing, timer=ctx.timer)
+    finally:
+        for _, models, _ in loaded.values():
+            models.close()
+    for key, (variant, _, first) in loaded.items():
+        rows.append(
+            BenchmarkResult(
+                COMPONENT,
+                variant.backend,
+                variant.precision,
+                size,
+                first.n_patches,
+                "patches",
+                timing=stats[key],
+                device=ctx.device,
+                reference=variant.is_torch_eager_fp32,
+                notes={
+                    "batch_size": cfg.batch_size,
+                    "workers": cfg.workers,
+                    "stage_seconds_first_run": {k: round(v, 3) for k, v in first.stage_seconds.items()},
+                    "probabilities": first.probabilities,
+                    "segmenter": "fallback",
+                    "weights": "random (speed only)",
+                    "timed_call": "run_slide: whole slide, networks preloaded, outputs written",
+                },
+            )
+        )
+    return sorted(rows, key=lambda r: [str(v) for v in variants].index(f"{r.backend}:{r.precision}"))

@@ -1,0 +1,243 @@
+"""SAM automatic mask generation benchmark: upstream generator vs ``FastMaskGenerator`` on each backend.
+
+One SAM image (the benchmark slide's thumbnail at the SAM-image size), SAM-MIL's generator settings (or the
+suite's smaller ones), the same random-but-calibrated SAM for every row. The reference row is upstream
+``SamAutomaticMaskGenerator`` on PyTorch eager FP32; the fast generator runs on PyTorch (the same modules the
+export wraps), ONNX Runtime or TensorRT through the runtime backends, driving the exported encoder and point
+decoder. Each row records its mask count (the generators give the same masks; a different count flags a
+precision or backend problem).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sammil_deploy.bench import backends as bk
+from sammil_deploy.bench.components import RUN_ERRORS
+from sammil_deploy.bench.context import BenchContext
+from sammil_deploy.bench.report import BenchmarkResult, failed, unavailable
+from sammil_deploy.bench.suites import MaskGenerationBench, Variant, reference_first
+from sammil_deploy.bench.timing import time_interleaved
+
+if TYPE_CHECKING:
+    import torch
+    from segment_anything.modeling import Sam
+
+    from sammil_deploy.export.spec import ExportSpec
+    from sammil_deploy.runtime.base import Backend
+
+COMPONENT = "mask_generation"
+UNIT = "images"
+
+
+def calibrated_random_sam(model: str, seed: int) -> Sam:
+    """Random SAM (CPU) with mask logits x100 and IoU predictions +0.6.
+
+    Random weights give logits near 0 and IoU predictions near 0, so no mask would pass SAM-MIL's 0.6
+    thresholds (and upstream's generator fails on an empty result); scaled like this, scores straddle the
+    thresholds as a trained SAM's do, so the generators do their real post-processing work.
+    """
+    import torch
+
+    from sammil_deploy.segment.sam_model import build_sam
+
+    torch.manual_seed(seed)
+    sam = build_sam(model, device="cpu")
+    with torch.no_grad():
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(100.0)
+            mlp.layers[-1].bias.mul_(100.0)
+        sam.mask_decoder.iou_prediction_head.layers[-1].bias.add_(0.6)
+    return sam
+
+
+def _call(backend: Backend) -> Callable[..., list[Any]]:
+    """``fn(*inputs) -> outputs`` in declared order: tensors stay on the device for torch/TensorRT backends."""
+    import torch
+
+    names = backend.input_names
+    dtypes = {t.name: t.dtype for t in backend.input_spec}
+    on_device = backend.kind in ("torch", "tensorrt")
+
+    def run(*values: torch.Tensor) -> list[Any]:
+        if on_device:
+            feed = {n: v.to(getattr(torch, dtypes[n])) for n, v in zip(names, values, strict=True)}
+            return [o.float() for o in backend.infer_torch(feed).values()]
+        feed = {n: v.detach().cpu().numpy().astype(dtypes[n]) for n, v in zip(names, values, strict=True)}
+        return [o.astype(np.float32, copy=False) for o in backend.infer(feed).values()]
+
+    return run
+
+
+@dataclass(frozen=True)
+class _SamParts:
+    """The calibrated SAM's encoder and point decoder with their export specs (CPU module + device copy)."""
+
+    sam: Sam
+    sam_device: Sam
+    enc_spec: ExportSpec
+    dec_spec: ExportSpec
+    n_crops: int
+
+    def modules(self, on_torch: bool, device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """Encoder and point decoder: on the device for torch variants, on the CPU (for export) otherwise."""
+        from sammil_deploy.export.sam import SamPointDecoder
+
+        sam = self.sam_device if on_torch and device != "cpu" else self.sam
+        return sam.image_encoder, SamPointDecoder(sam).eval()
+
+    def examples(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Export examples (every dynamic axis >= 2)."""
+        import torch
+
+        from sammil_deploy.export.sam import point_grid_inputs
+
+        size_px = int(self.sam.image_encoder.img_size)
+        grid = point_grid_inputs(2, (size_px, size_px))
+        embedding = torch.zeros(tuple(int(d) for d in self.dec_spec.inputs[0].shape))
+        points = (torch.from_numpy(grid["point_coords"]), torch.from_numpy(grid["point_labels"]))
+        return (torch.zeros((2, 3, size_px, size_px)),), (embedding, *points)
+
+
+def bench_mask_generation(cfg: MaskGenerationBench, ctx: BenchContext) -> list[BenchmarkResult]:
+    """Time automatic mask generation on the slide's SAM image per ``cfg`` (see the module docstring)."""
+    from sammil_deploy.export.sam import decoder_spec, encoder_spec
+    from sammil_deploy.segment.automask import sam_segment
+    from sammil_deploy.segment.config import SegmentConfig
+    from sammil_deploy.segment.fast_automask import FastMaskGenerator
+    from sammil_deploy.slide import open_slide
+
+    with open_slide(ctx.slide) as reader:
+        image = reader.thumbnail(cfg.long_side_px)
+    seg_cfg = SegmentConfig(
+        segmenter="sam",
+        sam_model="tiny",  # the model fields are unused: the generators get the built model or backends
+        device=ctx.device,
+        points_per_side=cfg.points_per_side,
+        crop_n_layers=cfg.crop_n_layers,
+        points_per_batch=cfg.points_per_batch,
+    )
+    size = (
+        f"{cfg.model} {image.shape[1]}x{image.shape[0]} px, {cfg.points_per_side} pts/side, "
+        f"{cfg.crop_n_layers} crop layer(s)"
+    )
+    ctx.progress(f"{COMPONENT}: building SAM {cfg.model}")
+    sam = calibrated_random_sam(cfg.model, ctx.seed)
+    parts = _SamParts(
+        sam=sam,
+        sam_device=sam if ctx.device == "cpu" else copy.deepcopy(sam).to(ctx.device),
+        enc_spec=encoder_spec(sam, cfg.model, "random"),
+        dec_spec=decoder_spec(sam, cfg.model, "random"),
+        n_crops=sum(4**layer for layer in range(cfg.crop_n_layers + 1)),
+    )
+
+    rows: list[BenchmarkResult] = []
+    generators: dict[str, Callable[[], Any]] = {}
+    meta: dict[str, tuple[str, str, bool, list[Backend]]] = {}  # label -> backend, precision, reference, backends
+    if cfg.reference:
+        generators["reference"] = lambda: sam_segment(image, seg_cfg, sam=parts.sam_device)
+        meta["reference"] = ("torch (upstream generator)", "fp32", True, [])
+    for variant in reference_first(cfg.variants, "mask_generation.variants"):
+        backend_label = f"{variant.backend} (fast generator)"
+        reason = bk.unavailable_reason(variant, ctx.device)
+        if reason is not None:
+            rows.append(unavailable(COMPONENT, backend_label, variant.precision, size, UNIT, reason))
+            continue
+        ctx.progress(f"{COMPONENT}: loading {variant}")
+        try:
+            opened = _open_pair(variant, parts, cfg, ctx)
+        except RUN_ERRORS as err:
+            reason = f"{type(err).__name__}: {err}"
+            rows.append(failed(COMPONENT, backend_label, variant.precision, size, UNIT, reason))
+            continue
+        encode, decode = _call(opened[0]), _call(opened[1])
+        generator = FastMaskGenerator(
+            lambda images, encode=encode: encode(images)[0],
+            lambda *inputs, decode=decode: tuple(decode(*inputs)),
+            seg_cfg,
+            int(sam.image_encoder.img_size),
+            device=ctx.device,
+            name=f"sam_fast_{cfg.model}",
+            points_per_batch=cfg.points_per_batch,
+            pixel_mean=sam.pixel_mean.flatten().tolist(),
+            pixel_std=sam.pixel_std.flatten().tolist(),
+        )
+        label = f"fast {variant}"
+        generators[label] = lambda g=generator: g.generate(image)
+        meta[label] = (backend_label, variant.precision, variant.is_torch_eager_fp32 and not cfg.reference, opened)
+    try:
+        rows += _time(generators, meta, size, ctx, cfg)
+    finally:
+        for _, _, _, opened in meta.values():
+            for backend in opened:
+                backend.close()
+    return rows
+
+
+def _open_pair(variant: Variant, parts: _SamParts, cfg: MaskGenerationBench, ctx: BenchContext) -> list[Backend]:
+    """Encoder and point-decoder backends of ``variant`` (exported once per run for ONNX/TensorRT)."""
+    encoder, decoder = parts.modules(variant.backend.startswith("torch"), ctx.device)
+    enc_example, dec_example = parts.examples()
+    common = {"cache": ctx.exports, "device": ctx.device, "threads": ctx.threads}
+    return [
+        bk.open_variant(
+            variant,
+            name=f"sam_{cfg.model}_calibrated_encoder",
+            module=encoder,
+            spec=parts.enc_spec,
+            example=enc_example,
+            sizes=(1, parts.n_crops),
+            **common,
+        ),
+        bk.open_variant(
+            variant,
+            name=f"sam_{cfg.model}_calibrated_decoder",
+            module=decoder,
+            spec=parts.dec_spec,
+            example=dec_example,
+            sizes=(1, cfg.points_per_batch),
+            **common,
+        ),
+    ]
+
+
+def _time(
+    generators: dict[str, Callable[[], Any]],
+    meta: dict[str, tuple[str, str, bool, list]],
+    size: str,
+    ctx: BenchContext,
+    cfg: MaskGenerationBench,
+) -> list[BenchmarkResult]:
+    rows, runnable, masks = [], {}, {}
+    for label, generate in generators.items():
+        backend, precision, _, _ = meta[label]
+        try:
+            masks[label] = generate().n_masks
+        except RUN_ERRORS as err:
+            rows.append(failed(COMPONENT, backend, precision, size, UNIT, f"{type(err).__name__}: {err}"))
+            continue
+        runnable[label] = generate
+    ctx.progress(f"{COMPONENT}: timing {len(runnable)} generators")
+    stats = time_interleaved(runnable, cfg.timing or ctx.timing, timer=ctx.timer)
+    for label in runnable:
+        backend, precision, is_reference, _ = meta[label]
+        rows.append(
+            BenchmarkResult(
+                COMPONENT,
+                backend,
+                precision,
+                size,
+                1,
+                UNIT,
+                timing=stats[label],
+                device=ctx.device,
+                reference=is_reference or label == "reference",
+                notes={"masks": masks[label], "points_per_batch": cfg.points_per_batch},
+            )
+        )
+    return rows
