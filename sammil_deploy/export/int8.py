@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Iterator
@@ -60,7 +61,8 @@ def quantize_resnet_int8(
                 quantize_static(
                     str(prepared),
                     str(quantized),
-                    _PatchReader(patches, batch_size),
+                    # equal batches: the calibrator stacks per-batch outputs and rejects a short last batch
+                    _PatchReader(patches, math.gcd(len(patches), batch_size)),
                     quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8,
