@@ -161,9 +161,10 @@ def make_bundle_cmd(
         config,
         preset=preset,
         overrides={
-            "segment.segmenter": segmenter,
+            # Checkpoint and model first: segmenter "sam" is validated against them when it is set.
             "segment.sam_checkpoint": sam_checkpoint,
             "segment.sam_model": sam_model,
+            "segment.segmenter": segmenter,
             "features.weights": encoder_weights,
             "features.allow_random": allow_random_weights or None,
             "features.interpolation": interpolation,
