@@ -41,14 +41,9 @@ REAL_SLIDE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "C
 
 def scaled_tiny_sam(device: str, seed: int = 0):
     """Random tiny SAM with logits x100 and IoU predictions +0.6 (scores around SAM-MIL's 0.6 thresholds)."""
-    torch.manual_seed(seed)
-    sam = build_sam("tiny", device=device)
-    with torch.no_grad():
-        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(100.0)
-            mlp.layers[-1].bias.mul_(100.0)
-        sam.mask_decoder.iou_prediction_head.layers[-1].bias.add_(0.6)
-    return sam
+    from sammil_deploy.bench.maskgen import calibrated_random_sam
+
+    return calibrated_random_sam("tiny", seed).to(device)
 
 
 def matched_iou_median(reference: Segmentation, fast: Segmentation) -> float:

@@ -7,6 +7,7 @@ import sys
 from sammil_deploy.cli import (
     benchmark,  # noqa: F401
     data,  # noqa: F401  (make-demo-data)
+    demo,  # noqa: F401
     export,  # noqa: F401
     extract,  # noqa: F401
     infer,  # noqa: F401  (infer, make-bundle)

@@ -1,0 +1,65 @@
+"""The one-command demo: its recipe matches training/demo.toml; end to end (slow) it leaves every artifact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sammil_deploy.errors import ConfigError
+from sammil_deploy.pipeline.demo import STAGES, DemoConfig, write_recipe_toml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_recipe_is_training_demo_toml(tmp_path):
+    from sammil_deploy.config import to_dict
+    from sammil_deploy.mil.config import load_recipe
+
+    written = write_recipe_toml(tmp_path / "demo_recipe.toml")
+    for preset in ("sammil", "abmil"):
+        from_file = load_recipe(REPO / "training" / "demo.toml", preset=preset)
+        assert to_dict(load_recipe(written, preset=preset)) == to_dict(from_file)
+    assert load_recipe(written, preset="abmil").sammil.beta == 0.0  # the preset still turns SAM-MIL parts off
+
+
+def test_demo_config_is_validated():
+    with pytest.raises(ConfigError, match=">= 8 slides"):
+        DemoConfig(n_slides=4)
+    quick = DemoConfig.quick()
+    assert quick.n_slides < DemoConfig().n_slides
+    assert quick.size_px < DemoConfig().size_px
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_and_resume(tmp_path):
+    from sammil_deploy.cli import app
+
+    out = tmp_path / "demo"
+    first = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"])
+    assert first.exit_code == 0, first.output
+    summary = json.loads((out / "demo_summary.json").read_text())
+    names = [s["name"] for s in summary["stages"]]
+    assert names[:3] == list(STAGES[:3])
+    assert {"train sammil", "train abmil", "export", "bundle", "infer torch", "infer onnxruntime", "benchmark"} <= set(
+        names
+    )
+    assert all(s["status"] == "done" for s in summary["stages"])
+    for stage in summary["stages"]:
+        for path in stage["artifacts"].values():
+            assert Path(path).exists(), f"{stage['name']}: {path} missing"
+    metrics = summary["metrics"]
+    assert set(metrics["held_out"])
+    assert all(p["label"] in (0, 1) for p in metrics["held_out"].values())
+    assert metrics["torch_vs_onnxruntime_max_prob_diff"] < 1e-3  # the exported graphs agree with PyTorch
+    assert 0.0 <= metrics["sammil_cv_test_auc"]["mean"] <= 1.0
+    assert 0.0 <= metrics["abmil_cv_test_auc"]["mean"] <= 1.0
+    bench = json.loads((out / "benchmark" / "results.json").read_text())
+    assert any(r["component"] == "mil" and r["backend"] == "ort-cpu" and r["status"] == "ok" for r in bench["results"])
+    assert "cross-validated test AUC" in first.stdout
+    assert "held-out" in first.stdout
+    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"])  # resumes: every stage reused
+    assert again.exit_code == 0, again.output
+    assert all(s["status"] == "reused" for s in json.loads((out / "demo_summary.json").read_text())["stages"])
