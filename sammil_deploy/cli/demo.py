@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from sammil_deploy.cli.app import app, console, print_json, stdout
+
+TABLE_WIDTH = 140
 
 
 @app.command("demo")
@@ -43,17 +46,19 @@ def demo_cmd(
         table.add_row(
             stage.name, stage.status, f"{stage.seconds:.1f}", "\n".join(f"{k}: {v}" for k, v in stage.artifacts.items())
         )
-    stdout.print(table)
+    # A piped stdout reports 80 columns, too narrow for the paths: render wider there (a terminal keeps its own).
+    out = stdout if stdout.is_terminal else Console(width=TABLE_WIDTH)
+    out.print(table)
     m = result.metrics
     auc = {k: m.get(f"{k}_cv_test_auc") or {} for k in ("sammil", "abmil")}
-    stdout.print(
+    out.print(
         "cross-validated test AUC (random-weight features): "
         + ", ".join(f"{k} {v.get('mean', float('nan')):.3f} ± {v.get('std', float('nan')):.3f}" for k, v in auc.items())
     )
     for slide, pred in m.get("held_out", {}).items():
         probs = {b: pred[b]["probabilities"] for b in ("torch", "onnxruntime") if b in pred}
         shown = "; ".join(f"{b}: " + ", ".join(f"{c} {p:.3f}" for c, p in ps.items()) for b, ps in probs.items())
-        stdout.print(f"held-out {slide} (label {pred['label']}): {shown}")
+        out.print(f"held-out {slide} (label {pred['label']}): {shown}")
     if m.get("torch_vs_onnxruntime_max_prob_diff") is not None:
-        stdout.print(f"torch vs onnxruntime: max probability difference {m['torch_vs_onnxruntime_max_prob_diff']:.2e}")
-    stdout.print(f"summary: {result.out_dir / 'demo_summary.json'}")
+        out.print(f"torch vs onnxruntime: max probability difference {m['torch_vs_onnxruntime_max_prob_diff']:.2e}")
+    out.print(f"summary: {result.out_dir / 'demo_summary.json'}")

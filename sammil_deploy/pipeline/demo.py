@@ -105,6 +105,7 @@ class DemoResult:
     out_dir: Path
     stages: list[StageRecord] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    upstream_ran: bool = False  # once a stage runs, every later stage runs too (its inputs changed)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view."""
@@ -124,11 +125,13 @@ def _stage(
     run: Callable[[], object],
     artifacts: dict[str, Any],
 ) -> None:
-    """Run a stage unless its final output exists (``done``), and record where its artifacts are."""
+    """Run a stage unless its final output exists (``done``) and no earlier stage ran; record its artifacts."""
+    done = done and not result.upstream_ran
     progress(name, "reusing earlier output" if done else "running")
     start = time.perf_counter()
     if not done:
         run()
+        result.upstream_ran = True
     status = "reused" if done else "done"
     result.stages.append(
         StageRecord(name, status, time.perf_counter() - start, {k: str(v) for k, v in artifacts.items()})
@@ -177,7 +180,9 @@ def run_demo(out_dir: Path, cfg: DemoConfig | None = None, *, progress: Progress
     done = all(features_path_for(extract_dir, s).is_file() for s in slides)
 
     def extract() -> None:
-        summary = extract_slides(slides, extract_cfg, extract_dir, continue_on_error=False)
+        summary = extract_slides(
+            slides, extract_cfg, extract_dir, continue_on_error=False, overwrite=result.upstream_ran
+        )
         patches = [r.result.n_patches for r in summary.done if r.result is not None]
         if patches:
             result.metrics["extract_patches_per_slide"] = round(sum(patches) / len(patches), 1)
@@ -319,7 +324,7 @@ def _infer(
             f"infer {backend}",
             done,
             say,
-            lambda c=infer_cfg, f=folder: run_slides(slides, bundle, c, f, continue_on_error=False),
+            lambda c=infer_cfg, f=folder: run_slides(slides, bundle, c, f, overwrite=True, continue_on_error=False),
             {"reports": folder / "reports", "heatmaps": folder / "heatmaps", "summary": folder / "summary.csv"},
         )
         for slide in slides:
