@@ -273,3 +273,36 @@ def test_cli_benchmark_writes_json_and_markdown(tmp_path):
     assert "# Benchmark `tiny`" in md.read_text()
     bad = CliRunner().invoke(app, ["benchmark", "--suite", str(suite), "--only", "nonsense"])
     assert bad.exit_code != 0
+
+
+@pytest.mark.slow
+def test_mask_generation_and_end_to_end_rows(tmp_path):
+    from sammil_deploy.bench.end_to_end import bench_end_to_end
+    from sammil_deploy.bench.maskgen import bench_mask_generation
+    from sammil_deploy.bench.suites import EndToEndBench, MaskGenerationBench
+    from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    slide = tmp_path / "small.svs"  # ~8 patches of 512 px: a whole slide per timed call stays cheap
+    write_synthetic_slide(slide, SyntheticSlideSpec(width_px=2048, height_px=1536, mpp=0.5, seed=11, n_lumens=1))
+    once = TimingPolicy(warmup=0, iters=1, min_seconds=0.0, max_seconds=5.0, min_iters=1)
+    ctx = BenchContext(device="cpu", threads=2, timing=once, work_dir=tmp_path / "work", slide=slide)
+
+    masks = with_speedups(
+        bench_mask_generation(
+            MaskGenerationBench(variants=("ort-cpu:fp32",), long_side_px=256, points_per_side=4, crop_n_layers=0), ctx
+        )
+    )
+    assert [(r.backend, r.status) for r in masks] == [
+        ("torch (upstream generator)", "ok"),
+        ("torch (fast generator)", "ok"),
+        ("ort-cpu (fast generator)", "ok"),
+    ]
+    assert masks[0].reference
+    assert len({r.notes["masks"] for r in masks}) == 1  # same masks from every generator and backend
+    e2e = with_speedups(bench_end_to_end(EndToEndBench(variants=("ort-cpu:fp32",), workers=1, batch_size=8), ctx))
+    torch_row, ort_row = e2e
+    assert torch_row.reference
+    assert ort_row.status == "ok"
+    assert ort_row.items_per_call == torch_row.items_per_call > 0  # the slide's patches
+    probs = torch_row.notes["probabilities"], ort_row.notes["probabilities"]
+    assert all(abs(probs[0][c] - probs[1][c]) < 1e-3 for c in probs[0])

@@ -176,7 +176,9 @@ def bench_mask_generation(cfg: MaskGenerationBench, ctx: BenchContext) -> list[B
         for _, _, _, opened in meta.values():
             for backend in opened:
                 backend.close()
-    return rows
+    order = [("torch (upstream generator)", "fp32")]
+    order += [(f"{v.backend} (fast generator)", v.precision) for v in reference_first(cfg.variants)]
+    return sorted(rows, key=lambda r: order.index((r.backend, r.precision)))
 
 
 def _open_pair(variant: Variant, parts: _SamParts, cfg: MaskGenerationBench, ctx: BenchContext) -> list[Backend]:
