@@ -68,12 +68,14 @@ def capture_environment(*, repo_dir: Path | None = None) -> dict[str, Any]:
 
 
 def hardware_label(env: dict[str, Any]) -> str:
-    """One line naming the hardware: ``"NVIDIA H100 80GB HBM3 (driver 550.54)"`` or ``"AMD EPYC, 2 cores"``."""
+    """One line naming the hardware: ``"NVIDIA H100 (driver 550.54); ..."`` or ``"AMD EPYC, 2 cores, no GPU"``.
+
+    A ``machine`` entry (the user's own name for the machine) is put first.
+    """
     gpus = env.get("gpus") or []
     cpu = f"{env.get('cpu_model') or 'unknown CPU'}, {env.get('cpu_affinity_cores')} cores"
-    if gpus:
-        return f"{gpus[0]['name']} (driver {env.get('gpu_driver') or '?'}); {cpu}"
-    return f"{cpu}, no GPU"
+    found = f"{gpus[0]['name']} (driver {env.get('gpu_driver') or '?'}); {cpu}" if gpus else f"{cpu}, no GPU"
+    return f"{env['machine']}: {found}" if env.get("machine") else found
 
 
 def _version(dist: str) -> str | None:

@@ -68,6 +68,7 @@ def run_suite(
     work_dir: Path | None = None,
     progress: Progress | None = None,
     on_component: Callable[[str, list[BenchmarkResult]], None] | None = None,
+    machine: str | None = None,
 ) -> BenchmarkReport:
     """Run every enabled component of ``suite`` and return the report (nothing is written but scratch files).
 
@@ -77,6 +78,7 @@ def run_suite(
             folder (removed) when None.
         progress: Called with a short message before each measurement.
         on_component: Called with each component's rows as it finishes.
+        machine: The user's name for the machine (``"2-core CPU dev machine"``), stored with the environment.
 
     Raises:
         ConfigError: Bad suite (CUDA asked for without a GPU, missing slide).
@@ -101,6 +103,8 @@ def run_suite(
     results = with_speedups(results)
     env = capture_environment()
     env["load_average_1min"] = {"before": load_before, "after": _load_average()}
+    if machine:
+        env["machine"] = machine
     config = {**to_dict(suite), "resolved_device": device}
     return BenchmarkReport(suite.name, env, config, results, derive_ratios(results), time.perf_counter() - start)
 

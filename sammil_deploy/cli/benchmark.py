@@ -31,6 +31,9 @@ def benchmark_cmd(
     work_dir: Annotated[
         Path | None, typer.Option(help="Keep exports and scratch files here (default: a temporary folder).")
     ] = None,
+    machine: Annotated[
+        str | None, typer.Option(help='Your name for this machine in the report (e.g. "2-core CPU dev machine").')
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the results JSON on stdout instead of the table.")
     ] = False,
@@ -53,7 +56,9 @@ def benchmark_cmd(
             started[0] = time.perf_counter()
             console.print(f"[green]done[/green] {component}: {ok}/{len(rows)} rows measured ({seconds:.0f} s)")
 
-        report = run_suite(config, work_dir=work_dir, progress=progress, on_component=None if as_json else finished)
+        report = run_suite(
+            config, work_dir=work_dir, progress=progress, on_component=None if as_json else finished, machine=machine
+        )
     if out is not None:
         write_json(report, out)
     if markdown is not None:
