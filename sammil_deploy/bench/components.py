@@ -20,7 +20,7 @@ from sammil_deploy.bench import backends as bk
 from sammil_deploy.bench.context import BenchContext
 from sammil_deploy.bench.report import BenchmarkResult, failed, unavailable
 from sammil_deploy.bench.suites import ModelBench, SamEncoderBench, Variant, reference_first
-from sammil_deploy.bench.timing import TimingStats, time_interleaved
+from sammil_deploy.bench.timing import TimingPolicy, TimingStats, time_interleaved
 from sammil_deploy.errors import SammilError
 
 if TYPE_CHECKING:
@@ -66,9 +66,16 @@ class Network:
 
 
 def bench_network(
-    net: Network, variants: Sequence[Variant], sizes: Sequence[int], ctx: BenchContext, timing: Any = None
+    net: Network,
+    variants: Sequence[Variant],
+    sizes: Sequence[int],
+    ctx: BenchContext,
+    timing: TimingPolicy | None = None,
 ) -> list[BenchmarkResult]:
-    """Time ``net`` on each variant at each size (items per call = size); torch eager FP32 is the reference."""
+    """Time ``net`` on each variant at each size (items per call = size); torch eager FP32 is the reference.
+
+    ``timing`` overrides the run's policy for this network.
+    """
     rows: list[BenchmarkResult] = []
     loaded: dict[Variant, Backend] = {}
     device_module = _DeviceModules(net.module)
@@ -104,7 +111,7 @@ def bench_network(
 
 
 def _time_size(
-    net: Network, loaded: Mapping[Variant, Backend], size: int, ctx: BenchContext, timing: Any
+    net: Network, loaded: Mapping[Variant, Backend], size: int, ctx: BenchContext, timing: TimingPolicy | None
 ) -> list[BenchmarkResult]:
     inputs = net.inputs(size, ctx.rng(net.salt * 1_000_003 + size))
     rows, calls, notes = [], {}, {}
