@@ -59,8 +59,14 @@ def write_annulus_tiff(
             w, h = -(-size_wh[0] // ds), -(-size_wh[1] // ds)
             extra = {} if mpp is None else {"resolution": (1e4 / (mpp * ds),) * 2, "resolutionunit": "CENTIMETER"}
             tw.write(
-                tiles(ds, w, h), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
-                compression="jpeg", subfiletype=0 if i == 0 else 1, **extra,
+                tiles(ds, w, h),
+                shape=(h, w, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                photometric="rgb",
+                compression="jpeg",
+                subfiletype=0 if i == 0 else 1,
+                **extra,
             )
     return path
 
@@ -72,11 +78,22 @@ def annulus_slide(tmp_path_factory) -> tuple[Path, dict]:
     Net tissue area is ~127 reference patches (512² px), above CLAM's default a_t=100, and the hole (~20) above
     a_h=16, so CLAM's default parameters keep one contour with one hole.
     """
-    truth = {"size_wh": (8192, 8192), "centre_xy": (4096.0, 4096.0), "radius_px": 3500.0, "hole_radius_px": 1300.0,
-             "mpp": 0.5}
+    truth = {
+        "size_wh": (8192, 8192),
+        "centre_xy": (4096.0, 4096.0),
+        "radius_px": 3500.0,
+        "hole_radius_px": 1300.0,
+        "mpp": 0.5,
+    }
     path = tmp_path_factory.mktemp("annulus") / "annulus.tif"
-    write_annulus_tiff(path, truth["size_wh"], centre_xy=truth["centre_xy"], radius_px=truth["radius_px"],
-                       hole_radius_px=truth["hole_radius_px"], mpp=truth["mpp"])
+    write_annulus_tiff(
+        path,
+        truth["size_wh"],
+        centre_xy=truth["centre_xy"],
+        radius_px=truth["radius_px"],
+        hole_radius_px=truth["hole_radius_px"],
+        mpp=truth["mpp"],
+    )
     return path, truth
 
 

@@ -39,7 +39,8 @@ def test_validation_and_overrides():
     with pytest.raises(ConfigError, match="size_px must be > 0"):
         from_mapping(Outer, {"inner": {"size_px": 0}})
     cfg = apply_overrides(Outer(), {"inner.size_px": 128, "rate": None})
-    assert cfg.inner.size_px == 128 and cfg.rate == 0.5
+    assert cfg.inner.size_px == 128
+    assert cfg.rate == 0.5
     with pytest.raises(ConfigError, match="unknown config key 'inner.nope'"):
         apply_overrides(Outer(), {"inner.nope": 1})
 

@@ -16,7 +16,8 @@ def test_real_slide_metadata(real_slide_path):
         assert info.objective_power == 20
         assert info.vendor == "aperio"
         region = reader.read_region((1000, 1000), 0, (512, 256))
-        assert region.shape == (256, 512, 3) and region.dtype == np.uint8
+        assert region.shape == (256, 512, 3)
+        assert region.dtype == np.uint8
         assert region.std() > 5  # real tissue, not a constant fill
         thumb = reader.thumbnail(256)
         assert max(thumb.shape[:2]) == 256
@@ -31,7 +32,8 @@ def test_outside_slide_is_white(real_slide_path):
 def test_mpp_override_and_level_choice(real_slide_path):
     with open_slide(real_slide_path, mpp=0.25) as reader:
         info = reader.info
-    assert info.mpp == 0.25 and info.mpp_source == "user"
+    assert info.mpp == 0.25
+    assert info.mpp_source == "user"
     assert info.level_for_mpp(0.5) == 0
     with pytest.raises(ConfigError, match="finer than the slide's base resolution"):
         info.level_for_mpp(0.1)

@@ -22,10 +22,15 @@ def make_bag(n=12, d=8, seed=0) -> FeatureBag:
     segment_area = np.where(segment_id == 3, 50, np.where(segment_id == 7, 900, 0))
     group_ids = np.array([3, 7])
     ctx = SpatialContext(
-        segment_id=segment_id, segment_area_px=segment_area, membership_patch=mp, membership_mask=mm,
-        group_ids=group_ids, group_area_px=np.array([50, 900]),
+        segment_id=segment_id,
+        segment_area_px=segment_area,
+        membership_patch=mp,
+        membership_mask=mm,
+        group_ids=group_ids,
+        group_area_px=np.array([50, 900]),
         group_features=group_features_from_memberships(features, mp, mm, group_ids),
-        tissue_area_px=4000, segmenter="fallback_test",
+        tissue_area_px=4000,
+        segmenter="fallback_test",
     )
     return FeatureBag("slide_a", coords, features, 512, 0, ctx, {"encoder": "resnet50_trunc", "cfg": {"k": 1}})
 
@@ -43,8 +48,15 @@ def test_round_trip_keeps_every_field(tmp_path):
     back = read_bag(path)
     np.testing.assert_array_equal(back.features, bag.features)
     np.testing.assert_array_equal(back.coords_level0_xy, bag.coords_level0_xy)
-    for name in ("segment_id", "segment_area_px", "membership_patch", "membership_mask", "group_ids",
-                 "group_area_px", "group_features"):
+    for name in (
+        "segment_id",
+        "segment_area_px",
+        "membership_patch",
+        "membership_mask",
+        "group_ids",
+        "group_area_px",
+        "group_features",
+    ):
         np.testing.assert_array_equal(getattr(back.context, name), getattr(bag.context, name), err_msg=name)
     assert back.context.segmenter == "fallback_test"
     assert back.context.tissue_area_px == 4000
@@ -91,7 +103,8 @@ def test_official_split_files(tmp_path):
             f["coords"], f["is_group_feat"] = src["coords"][:], src["is_group_feat"][:]
             f["relative_area"] = src["relative_area"][:]
     back = read_official(tmp_path / "h5_files.h5", tmp_path / "sam_info.h5")
-    assert back.n_patches == 12 and back.context.n_groups == 2
+    assert back.n_patches == 12
+    assert back.context.n_groups == 2
 
 
 def test_plain_clam_h5_and_pt(tmp_path):
@@ -144,5 +157,10 @@ def test_inconsistent_context_rejected():
     bag = make_bag()
     ctx = bag.context
     with pytest.raises(FeatureStoreError, match="segment_id must be"):
-        FeatureBag("y", bag.coords_level0_xy, bag.features, 512,
-                   context=SpatialContext(**{**ctx.__dict__, "segment_id": ctx.segment_id[:3]}))
+        FeatureBag(
+            "y",
+            bag.coords_level0_xy,
+            bag.features,
+            512,
+            context=SpatialContext(**{**ctx.__dict__, "segment_id": ctx.segment_id[:3]}),
+        )

@@ -77,9 +77,7 @@ def doctor_cmd(
 @app.command("slide-info")
 def slide_info_cmd(
     slide: Annotated[Path, typer.Argument(help="Slide file (.svs, .tif, .ndpi, .mrxs, ...).")],
-    mpp: Annotated[
-        float | None, typer.Option(help="Microns per level-0 pixel, if the file has none.")
-    ] = None,
+    mpp: Annotated[float | None, typer.Option(help="Microns per level-0 pixel, if the file has none.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show a slide's levels, downsamples, mpp and objective power."""

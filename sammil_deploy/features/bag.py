@@ -132,9 +132,7 @@ def group_features_from_memberships(
     if len(group_ids) == 0:
         return np.zeros((0, features.shape[1]), np.float32)
     row = np.searchsorted(group_ids, membership_mask)
-    if np.any(row >= len(group_ids)) or np.any(
-        group_ids[np.minimum(row, len(group_ids) - 1)] != membership_mask
-    ):
+    if np.any(row >= len(group_ids)) or np.any(group_ids[np.minimum(row, len(group_ids) - 1)] != membership_mask):
         raise FeatureStoreError("membership refers to a mask id that is not a group id")
     sums = np.zeros((len(group_ids), features.shape[1]), np.float64)
     np.add.at(sums, row, features[membership_patch].astype(np.float64))
@@ -151,17 +149,13 @@ def validate_bag(bag: FeatureBag) -> None:
     if bag.features.ndim != 2:
         raise FeatureStoreError(f"{name}: features must be (N, D), got shape {bag.features.shape}")
     if bag.coords_level0_xy.shape != (n, 2):
-        raise FeatureStoreError(
-            f"{name}: coords must be ({n}, 2) to match features, got {bag.coords_level0_xy.shape}"
-        )
+        raise FeatureStoreError(f"{name}: coords must be ({n}, 2) to match features, got {bag.coords_level0_xy.shape}")
     ctx = bag.context
     if ctx is None:
         return
     for field_name in ("segment_id", "segment_area_px"):
         if getattr(ctx, field_name).shape != (n,):
-            raise FeatureStoreError(
-                f"{name}: {field_name} must be ({n},), got {getattr(ctx, field_name).shape}"
-            )
+            raise FeatureStoreError(f"{name}: {field_name} must be ({n},), got {getattr(ctx, field_name).shape}")
     if ctx.membership_patch.shape != ctx.membership_mask.shape:
         raise FeatureStoreError(f"{name}: membership_patch and membership_mask differ in length")
     if len(ctx.membership_patch) and (ctx.membership_patch.min() < 0 or ctx.membership_patch.max() >= n):

@@ -53,9 +53,7 @@ def write_bag(path: Path, bag: FeatureBag) -> Path:
             f.create_dataset("membership", data=membership.reshape(-1, 2))
             f.create_dataset("group_ids", data=ctx.group_ids.astype(np.int64))
             f.create_dataset("group_area", data=ctx.group_area_px.astype(np.int64))
-            f.create_dataset(
-                "group_features", data=ctx.group_features.astype(np.float32).reshape(-1, bag.dim)
-            )
+            f.create_dataset("group_features", data=ctx.group_features.astype(np.float32).reshape(-1, bag.dim))
             f.attrs.update(tissue_area_px=int(ctx.tissue_area_px), segmenter=ctx.segmenter)
         f.attrs.update(schema_version=SCHEMA_VERSION, toolkit_version=__version__, slide_id=bag.slide_id)
         for key, value in bag.attrs.items():
@@ -104,9 +102,7 @@ def read_clam_pt(pt_path: Path, coords_h5: Path, *, patch_size_level0_px: int | 
         raise FeatureStoreError(f"{pt_path.name}: expected a (N, D) tensor, got {type(tensor).__name__}")
     with _open_h5(coords_h5) as f:
         if "coords" not in f:
-            raise FeatureStoreError(
-                f"{coords_h5.name}: no 'coords' dataset; pass the CLAM patches .h5 of this slide"
-            )
+            raise FeatureStoreError(f"{coords_h5.name}: no 'coords' dataset; pass the CLAM patches .h5 of this slide")
         coords = np.asarray(f["coords"][:], dtype=np.int64)
         size, level = _patch_geometry(coords_h5, f, fallback=patch_size_level0_px)
     features = tensor.float().numpy()
@@ -136,9 +132,7 @@ def write_official(path: Path, bag: FeatureBag) -> Path:
     return Path(path)
 
 
-def read_official(
-    features_h5: Path, sam_info_h5: Path | None = None, *, patch_size_level0_px: int = 512
-) -> FeatureBag:
+def read_official(features_h5: Path, sam_info_h5: Path | None = None, *, patch_size_level0_px: int = 512) -> FeatureBag:
     """Read official SAM-MIL files: ``h5_files/<slide>.h5`` (+ ``sam_info/<slide>.h5`` if separate).
 
     The official layout keeps no mask ids or memberships: categories are the distinct ``relative_area``
@@ -152,9 +146,7 @@ def read_official(
             return _official_from_open(features_h5, f, info, patch_size_level0_px)
 
 
-def _official_from_open(
-    path: Path, feats: h5py.File, info: h5py.File, patch_size: int | None = None
-) -> FeatureBag:
+def _official_from_open(path: Path, feats: h5py.File, info: h5py.File, patch_size: int | None = None) -> FeatureBag:
     features, coords = _features_and_coords(path, feats)
     for name in ("is_group_feat", "relative_area"):
         if name not in info:
@@ -190,9 +182,7 @@ def _official_from_open(
 def _read_context(path: Path, f: h5py.File, dim: int) -> SpatialContext:
     missing = [name for name in _CONTEXT_DATASETS if name not in f]
     if missing:
-        raise FeatureStoreError(
-            f"{path.name}: spatial context incomplete, missing {missing}; re-run extraction"
-        )
+        raise FeatureStoreError(f"{path.name}: spatial context incomplete, missing {missing}; re-run extraction")
     membership = np.asarray(f["membership"][:], dtype=np.int64).reshape(-1, 2)
     return SpatialContext(
         segment_id=np.asarray(f["segment_id"][:], dtype=np.int64),

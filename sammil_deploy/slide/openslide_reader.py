@@ -75,9 +75,7 @@ class OpenSlideReader(SlideReader):
         try:
             rgba = np.asarray(self._slide.read_region((int(xy_level0[0]), int(xy_level0[1])), level, size_px))
         except openslide.OpenSlideError as err:
-            raise SlideError(
-                f"{self._path.name}: cannot read region at {xy_level0} level {level} ({err})"
-            ) from None
+            raise SlideError(f"{self._path.name}: cannot read region at {xy_level0} level {level} ({err})") from None
         return _rgba_on_white(rgba)
 
     def close(self) -> None:
