@@ -6,6 +6,7 @@ import sys
 
 from sammil_deploy.cli import (
     benchmark,  # noqa: F401
+    context,  # noqa: F401  (add-context, convert)
     data,  # noqa: F401  (make-demo-data)
     demo,  # noqa: F401
     export,  # noqa: F401

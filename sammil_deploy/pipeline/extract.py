@@ -195,7 +195,9 @@ def extract_slide(
         tissue = detect_tissue(reader, cfg.tissue)
         grid = make_patch_grid(info, tissue, cfg.patch)
         stages["tissue_patching"] = _lap(start)
-        sam_image, segmentation, assignment = segment_patches(reader, tissue.bbox_level0, grid, cfg.segment, sam=sam)
+        sam_image, segmentation, assignment = segment_patches(
+            reader, tissue.bbox_level0, grid.coords_level0_xy, grid.patch_size_level0_px, cfg.segment, sam=sam
+        )
         stages["segmentation"] = _lap(start, stages)
 
     features = extract_features(

@@ -217,7 +217,13 @@ def run_slide(
         tick("segmentation")
         with timer.stage("segmentation"):
             _, segmentation, assignment = segment_patches(
-                reader, tissue.bbox_level0, grid, pre.segment, sam=models.sam, generator=models.mask_generator
+                reader,
+                tissue.bbox_level0,
+                grid.coords_level0_xy,
+                grid.patch_size_level0_px,
+                pre.segment,
+                sam=models.sam,
+                generator=models.mask_generator,
             )
         tick("features", 0, len(grid))
         with timer.stage("features"):

@@ -34,7 +34,8 @@ ProgressFn = Callable[[int, int], None]
 def segment_patches(
     reader: SlideReader,
     bbox_level0: tuple[int, int, int, int],
-    grid: PatchGrid,
+    coords_level0_xy: np.ndarray,
+    patch_size_level0_px: int,
     cfg: SegmentConfig,
     *,
     sam: Sam | None = None,
@@ -45,7 +46,8 @@ def segment_patches(
     Args:
         reader: An open slide.
         bbox_level0: (x0, y0, x1, y1) level-0 union box of the tissue contours.
-        grid: The slide's patches.
+        coords_level0_xy: (N, 2) int64 patch top-left corners.
+        patch_size_level0_px: Patch footprint side in level-0 px.
         cfg: Segmenter settings and membership mode.
         sam: A loaded PyTorch SAM to reuse (``segment.automask.load_sam``), when SAM runs in PyTorch.
         generator: A mask generator driven by exported SAM parts (ONNX Runtime / TensorRT); wins over ``sam``.
@@ -60,9 +62,7 @@ def segment_patches(
         segmentation = generator.generate(sam_image.image)
     else:
         segmentation = segment_image(sam_image.image, cfg, sam=sam)
-    assignment = assign_patches(
-        segmentation, sam_image, grid.coords_level0_xy, grid.patch_size_level0_px, mode=cfg.membership
-    )
+    assignment = assign_patches(segmentation, sam_image, coords_level0_xy, patch_size_level0_px, mode=cfg.membership)
     return sam_image, segmentation, assignment
 
 

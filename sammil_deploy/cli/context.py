@@ -1,0 +1,81 @@
+"""`add-context` (SAM context for CLAM feature files) and `convert` (our layout <-> official SAM-MIL layout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from sammil_deploy.cli.app import app, console, print_json
+
+
+@app.command("add-context")
+def add_context_cmd(
+    features: Annotated[Path, typer.Argument(help="CLAM feature .h5/.pt file, or a folder of them.")],
+    slides: Annotated[Path, typer.Option(help="Folder with the slides (matched by file stem).")],
+    out: Annotated[Path, typer.Option(help="Output folder for <stem>.h5.")],
+    coords_dir: Annotated[Path | None, typer.Option(help="CLAM patches/ folder (needed for .pt inputs).")] = None,
+    layout: Annotated[str, typer.Option(help="sammil (schema v1) or official (SAM-MIL's own layout).")] = "sammil",
+    segmenter: Annotated[str | None, typer.Option(help="auto, sam or fallback.")] = None,
+    sam_checkpoint: Annotated[Path | None, typer.Option(help="Local SAM .pth (segment-anything).")] = None,
+    sam_model: Annotated[str | None, typer.Option(help="vit_h, vit_l, vit_b or auto.")] = None,
+    membership: Annotated[str | None, typer.Option(help="footprint (default) or official (corner window).")] = None,
+    mpp: Annotated[float | None, typer.Option(help="Microns per level-0 pixel, if the slides have none.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo files whose output exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary on stdout.")] = False,
+) -> None:
+    """Add SAM segments and group features to feature files extracted elsewhere, without re-extracting."""
+    from sammil_deploy.config import apply_overrides
+    from sammil_deploy.errors import ConfigError
+    from sammil_deploy.pipeline.add_context import add_context_files, find_feature_files
+    from sammil_deploy.segment import SegmentConfig
+
+    if layout not in ("sammil", "official"):
+        raise ConfigError(f"--layout must be 'sammil' or 'official', got {layout!r}")
+    cfg = apply_overrides(
+        SegmentConfig(),
+        {"sam_checkpoint": sam_checkpoint, "sam_model": sam_model, "segmenter": segmenter, "membership": membership},
+    )
+    summary = add_context_files(
+        find_feature_files(features), slides, out, cfg, layout=layout, coords_dir=coords_dir, mpp=mpp,  # type: ignore[arg-type]
+        overwrite=overwrite,
+        on_record=lambda r: console.print(f"{r.slide.name}: {r.status}" + (f" ({r.detail})" if r.detail else "")),
+    )  # fmt: skip
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        table = Table("file", "status", "patches", "groups", "segmenter", title=f"add-context → {out}")
+        for record in summary.records:
+            bag = record.result
+            ctx = bag.context if bag is not None else None
+            table.add_row(
+                record.slide.name, record.status, str(bag.n_patches) if bag else "", str(ctx.n_groups) if ctx else "",
+                ctx.segmenter if ctx else (record.detail or ""),
+            )  # fmt: skip
+        console.print(table)
+    raise typer.Exit(code=0 if summary.all_succeeded else 1)
+
+
+@app.command("convert")
+def convert_cmd(
+    src: Annotated[Path, typer.Argument(help="Feature .h5 (ours or official layout).")],
+    out: Annotated[Path, typer.Option(help="Output .h5 path.")],
+    to: Annotated[str, typer.Option(help="official (group rows appended) or sammil (schema v1).")] = "official",
+    sam_info: Annotated[
+        Path | None, typer.Option(help="Official sam_info/<slide>.h5, when it is separate from the features.")
+    ] = None,
+    patch_size: Annotated[int, typer.Option(help="Patch side in level-0 px (official files do not record it).")] = 512,
+) -> None:
+    """Move feature files between our layout and the official SAM-MIL layout."""
+    from sammil_deploy.errors import ConfigError
+    from sammil_deploy.features.store import read_bag, read_official, write_bag, write_official
+
+    if to == "official":
+        write_official(out, read_bag(src))
+    elif to == "sammil":
+        write_bag(out, read_official(src, sam_info, patch_size_level0_px=patch_size))
+    else:
+        raise ConfigError(f"--to must be 'official' or 'sammil', got {to!r}")
+    console.print(f"wrote {out}")

@@ -1,0 +1,154 @@
+"""Add SAM spatial context to features extracted elsewhere (CLAM ``.h5`` / ``.pt``), without re-extracting.
+
+The paper offers "SAM-guided feature files from previously extracted feature files"; this is that path. The
+segmentation image covers the union box of the patch footprints (CLAM files keep no tissue contours), read with
+SAM-MIL's level rule; the patches are then assigned to the masks they touch and the group tokens are the means
+of the stored features (Eq. 3), exactly as ``extract`` computes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from sammil_deploy.config import to_dict
+from sammil_deploy.errors import FeatureStoreError, SlideError
+from sammil_deploy.features.bag import FeatureBag
+from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord, run_batch
+from sammil_deploy.pipeline.stages import segment_patches, spatial_context
+from sammil_deploy.slide import SLIDE_SUFFIXES, open_slide
+
+if TYPE_CHECKING:
+    from segment_anything.modeling import Sam
+
+    from sammil_deploy.segment import SegmentConfig
+
+log = logging.getLogger(__name__)
+
+Layout = Literal["sammil", "official"]
+FEATURE_SUFFIXES = (".h5", ".pt")
+
+
+def patch_extent_level0(coords_level0_xy: np.ndarray, patch_size_level0_px: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) level-0 union box of all patch footprints."""
+    x0, y0 = coords_level0_xy.min(axis=0)
+    x1, y1 = coords_level0_xy.max(axis=0) + patch_size_level0_px
+    return int(x0), int(y0), int(x1), int(y1)
+
+
+def add_context(
+    bag: FeatureBag, slide_path: Path, cfg: SegmentConfig, *, mpp: float | None = None, sam: Sam | None = None
+) -> FeatureBag:
+    """Return ``bag`` with segments, memberships and group tokens computed from its slide.
+
+    Raises:
+        FeatureStoreError: If the bag is empty or its coords fall outside the slide.
+        SlideError, SegmentationError: If the slide cannot be read or segmented.
+    """
+    if bag.n_patches == 0:
+        raise FeatureStoreError(f"{bag.slide_id}: the feature file has no patch rows")
+    with open_slide(slide_path, mpp=mpp) as reader:
+        width, height = reader.info.dimensions_wh
+        box = patch_extent_level0(bag.coords_level0_xy, bag.patch_size_level0_px)
+        if box[0] < 0 or box[1] < 0 or box[0] >= width or box[1] >= height:
+            raise FeatureStoreError(
+                f"{bag.slide_id}: patch coords {box[:2]} lie outside {slide_path.name} ({width}x{height} px); "
+                "is this the right slide for the feature file?"
+            )
+        _, _, assignment = segment_patches(reader, box, bag.coords_level0_xy, bag.patch_size_level0_px, cfg, sam=sam)
+    context = spatial_context(bag.features, assignment)
+    attrs = {**bag.attrs, "context_added_from": slide_path.name, "segmenter_config": to_dict(cfg)}
+    return FeatureBag(
+        slide_id=bag.slide_id, coords_level0_xy=bag.coords_level0_xy, features=bag.features,
+        patch_size_level0_px=bag.patch_size_level0_px, patch_level=bag.patch_level, context=context, attrs=attrs,
+    )  # fmt: skip
+
+
+def find_slide_for(slide_id: str, slides_dir: Path) -> Path:
+    """The slide file in ``slides_dir`` whose stem is ``slide_id`` (any OpenSlide suffix)."""
+    for suffix in SLIDE_SUFFIXES:
+        for candidate in (slides_dir / f"{slide_id}{suffix}", slides_dir / f"{slide_id}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    raise SlideError(f"{slide_id}: no slide named {slide_id}.* in {slides_dir}; pass the folder holding the slides")
+
+
+def read_feature_file(
+    path: Path, *, coords_dir: Path | None = None, patch_size_level0_px: int | None = None
+) -> FeatureBag:
+    """Read a CLAM/official/our ``.h5``, or a CLAM ``.pt`` with its patch coords ``<coords_dir>/<stem>.h5``."""
+    from sammil_deploy.features.store import read_bag, read_clam_pt
+
+    if path.suffix == ".pt":
+        if coords_dir is None:
+            raise FeatureStoreError(f"{path.name}: a .pt feature file needs --coords-dir with the patch coords .h5")
+        return read_clam_pt(path, coords_dir / f"{path.stem}.h5", patch_size_level0_px=patch_size_level0_px)
+    return read_bag(path, with_context=False)
+
+
+def output_path_for(out_dir: Path, feature_file: Path) -> Path:
+    """``<out>/<stem>.h5``, whatever the input suffix."""
+    return out_dir / f"{feature_file.stem}.h5"
+
+
+def add_context_files(
+    feature_files: Sequence[Path],
+    slides_dir: Path,
+    out_dir: Path,
+    cfg: SegmentConfig,
+    *,
+    layout: Layout = "sammil",
+    coords_dir: Path | None = None,
+    mpp: float | None = None,
+    overwrite: bool = False,
+    continue_on_error: bool = True,
+    on_record: Callable[[SlideRecord[FeatureBag]], None] | None = None,
+) -> BatchSummary[FeatureBag]:
+    """Upgrade many feature files; resumable (existing outputs are skipped), failures recorded.
+
+    Args:
+        feature_files: CLAM ``.h5`` / ``.pt`` files (or our own / official files: their context is recomputed).
+        slides_dir: Folder with the slides, matched by file stem.
+        out_dir: Where ``<stem>.h5`` is written (``layout`` chooses ours or the official one).
+        cfg: Segmenter (SAM with a checkpoint, or the fallback) and membership mode.
+        layout: ``sammil`` (schema v1) or ``official`` (group rows appended, ``is_group_feat``, ``relative_area``).
+        coords_dir: Folder of CLAM patch ``.h5`` files, for ``.pt`` inputs.
+        mpp: Microns per pixel for slides without metadata.
+        overwrite: Redo files whose output exists.
+        continue_on_error: Record a failing file and go on.
+        on_record: Called after each file (progress display).
+    """
+    from sammil_deploy.features.store import write_bag, write_official
+    from sammil_deploy.segment.automask import load_sam
+
+    out_dir = Path(out_dir)
+    write = write_official if layout == "official" else write_bag
+    sam = load_sam(cfg) if cfg.resolved_segmenter == "sam" else None
+
+    def process(path: Path) -> FeatureBag:
+        bag = read_feature_file(path, coords_dir=coords_dir)
+        upgraded = add_context(bag, find_slide_for(bag.slide_id, Path(slides_dir)), cfg, mpp=mpp, sam=sam)
+        write(output_path_for(out_dir, path), upgraded)
+        return upgraded
+
+    return run_batch(
+        feature_files, process, lambda p: output_path_for(out_dir, p),
+        overwrite=overwrite, continue_on_error=continue_on_error, on_record=on_record,
+    )  # fmt: skip
+
+
+def find_feature_files(path: Path) -> list[Path]:
+    """One feature file, or every ``.h5`` / ``.pt`` directly inside a folder, sorted."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FeatureStoreError(f"{path}: no such feature file or folder")
+    files = sorted(p for p in path.iterdir() if p.suffix in FEATURE_SUFFIXES and p.is_file())
+    if not files:
+        raise FeatureStoreError(f"{path}: folder holds no .h5 or .pt feature file")
+    return files
