@@ -41,7 +41,7 @@ DEMO_RECIPE = {
     "sammil.objective": "paper",
     "sammil.beta": 10.0,
     "train.lr": 1e-3,
-    "train.epochs": 10,
+    "train.epochs": 100,
     "train.monitor": "loss",
     "train.patience": 0,
     "train.min_epochs": 0,
@@ -69,7 +69,7 @@ class DemoConfig:
 
     n_slides: int = 12
     size_px: int = 9216
-    epochs: int = 10
+    epochs: int = 100
     num_workers: int = 2
     batch_size: int = 16
     threads: int = 2
@@ -157,15 +157,6 @@ def run_demo(out_dir: Path, cfg: DemoConfig | None = None, *, progress: Progress
     _stage(result, "data", (data / "train_labels.csv").is_file(), say, lambda: _cohort(data, cfg), data_artifacts)
     cohort = _cohort(data, cfg)  # reads the written cohort back
     weights = out_dir / "weights" / "resnet50_trunc_RANDOM.safetensors"
-    _stage(
-        result,
-        "weights",
-        weights.is_file(),
-        say,
-        lambda: _random_encoder(weights, cfg.seed),
-        {"encoder_weights": weights},
-    )
-
     extract_cfg = load_extract_config(
         preset="bwh_biopsy",
         overrides={
@@ -177,6 +168,14 @@ def run_demo(out_dir: Path, cfg: DemoConfig | None = None, *, progress: Progress
         },
     )
     slides = [data / f"{sid}.svs" for sid in cohort["train_ids"]]
+    _stage(
+        result,
+        "weights",
+        weights.is_file(),
+        say,
+        lambda: _random_encoder(weights, cfg.seed, slides[:4], extract_cfg),
+        {"encoder_weights": weights},
+    )
     done = all(features_path_for(extract_dir, s).is_file() for s in slides)
 
     def extract() -> None:
@@ -220,8 +219,14 @@ def _cohort(data: Path, cfg: DemoConfig) -> dict[str, Any]:
     return {"labels": labels, "train_ids": train_ids, "held_out_ids": held_out, "train_labels": train_csv}
 
 
-def _random_encoder(path: Path, seed: int) -> Path:
-    """Seeded random ResNet50-trunc weights (the file name says RANDOM; features are not meaningful)."""
+def _random_encoder(path: Path, seed: int, calibration_slides: list[Path], extract_cfg: Any) -> Path:
+    """Seeded random ResNet50-trunc weights (the file name says RANDOM; features are not meaningful).
+
+    Random weights keep BatchNorm's initial running statistics (mean 0, variance 1), under which activations
+    grow block after block: every feature becomes a large constant offset with little variation between
+    patches, and a MIL head trained on that saturates. Re-estimating the BatchNorm statistics on demo patches
+    (weights untouched) gives features on the scale of a trained network's.
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -232,10 +237,48 @@ def _random_encoder(path: Path, seed: int) -> Path:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             encoder = create_encoder("resnet50_trunc", allow_random=True)
+        _calibrate_batchnorm(encoder, calibration_slides, extract_cfg)
         tmp = path.with_name(path.name + ".partial")
         save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
         os.replace(tmp, path)
     return path
+
+
+def _calibrate_batchnorm(encoder: Any, slides: list[Path], extract_cfg: Any, patches_per_slide: int = 16) -> None:
+    """Set every BatchNorm's running mean/variance to their averages over patches spread across ``slides``."""
+    import numpy as np
+    import torch
+
+    from sammil_deploy.features.preprocess_ops import PatchTransform, normalize_batch
+    from sammil_deploy.patching import make_patch_grid
+    from sammil_deploy.patching.dataset import PatchDataset
+    from sammil_deploy.slide import open_slide
+    from sammil_deploy.tissue import detect_tissue
+
+    transform = PatchTransform(encoder.input_size_px, encoder.interpolation)
+    patches = []
+    for slide in slides:
+        with open_slide(slide) as reader:
+            grid = make_patch_grid(reader.info, detect_tissue(reader, extract_cfg.tissue), extract_cfg.patch)
+        rows = np.unique(np.linspace(0, len(grid) - 1, min(patches_per_slide, len(grid))).astype(int))
+        dataset = PatchDataset(
+            slide, grid.coords_level0_xy[rows], grid.patch_size_level0_px, grid.patch_level, transform,
+            read_size_px=grid.patch_size_px,
+        )  # fmt: skip
+        patches += [dataset[i][0] for i in range(len(dataset))]
+        dataset.close()
+    batch = normalize_batch(torch.stack(patches), encoder.mean, encoder.std)
+    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration batches
+    encoder.train()
+    with torch.no_grad():
+        for chunk in batch.split(32):
+            encoder(chunk)
+    encoder.eval()
+    for norm in norms:
+        norm.momentum = 0.1
 
 
 def _train(
