@@ -128,18 +128,13 @@ def _sam_chain_reports(
 ) -> list[ParityReport]:
     precision = final["sam_decoder"].precision
     size_px = int(sam.image_encoder.img_size)
-    points = sam_export.point_grid_inputs(8, (size_px, size_px))
-    images = sam_export.random_encoder_inputs(sam, 1, ctx.rng)
-    reports = [
-        sam_export.chain_parity(
-            sam,
-            final["sam_encoder"].path,
-            final["sam_decoder"].path,
-            images,
-            points,
-            precision,
-            artifact="sam chain (random)",
-            notes={"inputs": RANDOM},
+    # (images, point grid, artifact label, notes): random pixels always, a real thumbnail when a slide is given
+    input_sets = [
+        (
+            sam_export.random_encoder_inputs(sam, 1, ctx.rng),
+            sam_export.point_grid_inputs(8, (size_px, size_px)),
+            "sam chain (random)",
+            {"inputs": RANDOM},
         )
     ]
     if ctx.parity_slide is not None:
@@ -148,24 +143,29 @@ def _sam_chain_reports(
         with open_slide(ctx.parity_slide) as reader:
             rgb = reader.thumbnail(size_px)
         images, resized_hw = sam_export.sam_inputs_from_rgb(sam, rgb)
-        points = sam_export.point_grid_inputs(8, resized_hw)
-        reports.append(
-            sam_export.chain_parity(
-                sam,
-                final["sam_encoder"].path,
-                final["sam_decoder"].path,
-                images,
-                points,
-                precision,
-                artifact=f"sam chain ({ctx.parity_slide.name})",
-                notes={"inputs": f"slide {ctx.parity_slide.name}"},
-            )
+        name = ctx.parity_slide.name
+        input_sets.append(
+            (images, sam_export.point_grid_inputs(8, resized_hw), f"sam chain ({name})", {"inputs": f"slide {name}"})
         )
+    reports = [
+        sam_export.chain_parity(
+            sam,
+            final["sam_encoder"].path,
+            final["sam_decoder"].path,
+            images,
+            points,
+            precision,
+            artifact=artifact,
+            notes=notes,
+        )  # fmt: skip
+        for images, points, artifact, notes in input_sets
+    ]
     engines = {part: results[part].engine for part in final}
     if ctx.trt and all(engines.values()):
         from sammil_deploy.export.tensorrt import TrtEngine, trt_runner
 
         runners = [trt_runner(TrtEngine(engines[p].plan)) for p in ("sam_encoder", "sam_decoder")]  # type: ignore[union-attr]
+        images, points = input_sets[-1][:2]  # the slide's thumbnail when there is one
         reports.append(
             sam_export.chain_parity(
                 sam,
