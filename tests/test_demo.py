@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,23 @@ def test_demo_config_is_validated():
     assert quick.size_px < DemoConfig().size_px
 
 
+def _assert_sane_thresholds(out: Path) -> None:
+    """Every demo checkpoint and the bundle record a threshold strictly inside (0, 1) with a finite margin."""
+    sidecars = [json.loads(p.read_text()) for p in out.rglob("*.json") if p.with_suffix(".safetensors").is_file()]
+    assert sidecars, "the demo wrote no checkpoints"
+    for meta in sidecars:
+        assert 0.0 < meta["threshold"] < 1.0, meta["threshold"]
+        assert math.isfinite(meta["threshold_margin"])
+    for manifest in out.rglob("bundle.json"):
+        mil = json.loads(manifest.read_text())["mil"]
+        assert 0.0 < mil["threshold"] < 1.0
+        assert math.isfinite(mil["threshold_margin"])
+    for report in out.rglob("reports/*.json"):
+        decision = json.loads(report.read_text())["prediction"]["decision"]
+        assert ">= 1.0" not in decision, decision
+        assert "logit_" in decision, decision
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_and_resume(tmp_path):
     from sammil_deploy.cli import app
@@ -60,6 +78,7 @@ def test_demo_end_to_end_and_resume(tmp_path):
     assert any(r["component"] == "mil" and r["backend"] == "ort-cpu" and r["status"] == "ok" for r in bench["results"])
     assert "cross-validated test AUC" in first.stdout
     assert "held-out" in first.stdout
+    _assert_sane_thresholds(out)
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"])  # resumes: every stage reused
     assert again.exit_code == 0, again.output
     assert all(s["status"] == "reused" for s in json.loads((out / "demo_summary.json").read_text())["stages"])

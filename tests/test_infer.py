@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -107,6 +108,7 @@ def test_bundle_records_parts_and_preprocessing(bundle_dir, random_resnet_weight
     assert bundle.feature_dim == 1024
     assert bundle.class_names == ("normal", "tumor")
     assert bundle.threshold == 0.4
+    assert bundle.decision_threshold.margin == pytest.approx(math.log(0.4 / 0.6))  # decisions use the margin
     assert bundle.preprocess.tissue.a_t == 1.0  # bwh_biopsy, as given at make time
     assert bundle.preprocess.segment.resolved_segmenter == "fallback"
     assert bundle.encoder_weights.read_bytes() == random_resnet_weights.read_bytes()

@@ -7,8 +7,9 @@ import pytest
 
 from sammil_deploy.errors import ConfigError, FeatureStoreError
 from sammil_deploy.mil.data import BagDataset, find_feature_files, make_splits, read_labels, read_splits
-from sammil_deploy.mil.metrics import classification_metrics, roc_auc, roc_auc_binary, youden_threshold
+from sammil_deploy.mil.metrics import classification_metrics, roc_auc, roc_auc_binary
 from sammil_deploy.mil.synthetic import synthetic_bag
+from sammil_deploy.mil.threshold import Threshold, probability_to_margin
 
 
 def test_labels_with_and_without_header(tmp_path):
@@ -112,9 +113,7 @@ def test_macro_auc_youden_and_metrics():
     assert (m["accuracy"], m["f1"]) == (1.0, 1.0)
     yb = np.array([0, 0, 0, 1, 1, 1])
     score = np.array([0.1, 0.2, 0.6, 0.55, 0.7, 0.9])
-    thr = youden_threshold(yb, score)
-    assert thr == pytest.approx(0.7)  # J = 2/3 at 0.7 and at 0.55; the highest threshold wins ties
-    m = classification_metrics(yb, np.stack([1 - score, score], 1), threshold=0.55)
+    m = classification_metrics(yb, np.stack([1 - score, score], 1), threshold=Threshold(probability_to_margin(0.55)))
     assert m["accuracy"] == pytest.approx(5 / 6)
     assert m["recall"] == 1.0
     assert m["f1"] == pytest.approx(6 / 7)

@@ -35,6 +35,10 @@ def infer_cmd(
     save_features: Annotated[
         bool, typer.Option("--save-features", help="Also write features/<id>.h5 (the extract format).")
     ] = False,
+    threshold: Annotated[
+        str | None,
+        typer.Option(help="Binary decision: youden (the bundle's, chosen at training), 0.5, or a probability."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo slides whose report exists.")] = False,
     continue_on_error: Annotated[
         bool, typer.Option("--continue-on-error/--stop-on-error", help="Record a failing slide and go on.")
@@ -62,6 +66,7 @@ def infer_cmd(
             "batch_size": batch_size,
             "num_workers": num_workers,
             "save_features": save_features or None,
+            "threshold": threshold,
         },
     )
     paths = collect_slides(slides)

@@ -12,6 +12,10 @@ from rich.table import Table
 from sammil_deploy.cli.app import app, console, print_json, stdout
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+ThresholdOpt = Annotated[
+    str | None,
+    typer.Option(help="Binary decision: youden (on held-out training-fold scores), 0.5, or a probability in (0, 1)."),
+]
 
 
 @app.command("train")
@@ -35,6 +39,13 @@ def train_cmd(
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of training and splits.")] = None,
+    threshold: ThresholdOpt = None,
+    selection: Annotated[
+        str | None,
+        typer.Option(
+            help="Epoch/threshold selection: validation | inner_cv | fixed | auto (inner_cv for small validation)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train SAM-MIL (or a baseline) with cross-validation: one checkpoint per fold plus a summary."""
@@ -52,6 +63,8 @@ def train_cmd(
             "train.device": device,
             "train.seed": seed,
             "data.seed": seed,
+            "train.threshold": threshold,
+            "train.selection": selection,
         },
     )
     with Progress(
@@ -129,17 +142,25 @@ def evaluate_cmd(
     features: Annotated[Path, typer.Option(help="Folder of <slide_id>.h5 feature files.")],
     labels: Annotated[Path, typer.Option(help="CSV slide_id,label of the slides to evaluate.")],
     out: Annotated[Path, typer.Option(help="Output folder for predictions.csv and metrics.json.")],
+    threshold: Annotated[
+        str | None,
+        typer.Option(
+            help="Override the checkpoint's threshold: 0.5, a probability, or youden (chosen on THESE slides: "
+            "optimistic)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Evaluate a checkpoint on labelled slides at its validation threshold."""
+    """Evaluate a checkpoint on labelled slides at its recorded threshold (or --threshold)."""
     from sammil_deploy.mil.run import evaluate_checkpoint
+    from sammil_deploy.mil.threshold import parse_threshold_option
 
-    metrics = evaluate_checkpoint(checkpoint, features, labels, out)
+    metrics = evaluate_checkpoint(checkpoint, features, labels, out, threshold_rule=parse_threshold_option(threshold))
     if as_json:
         print_json(metrics)
         return
     table = Table("metric", "value", title=f"{checkpoint.name} on {metrics['n']} slides")
-    for key in ("auc", "accuracy", "f1", "threshold", "loss"):
+    for key in ("auc", "accuracy", "accuracy_at_0.5", "f1", "threshold", "threshold_margin", "loss"):
         if metrics.get(key) is not None:
             table.add_row(key, f"{metrics[key]:.4f}")
     stdout.print(table)

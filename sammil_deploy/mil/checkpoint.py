@@ -21,6 +21,7 @@ from sammil_deploy.config import to_dict
 from sammil_deploy.errors import CheckpointError, ConfigError
 from sammil_deploy.mil.config import ModelConfig
 from sammil_deploy.mil.model import MilHead, build_model
+from sammil_deploy.mil.threshold import Threshold, threshold_from_fields
 
 FORMAT_VERSION = 1
 WEIGHTS_SUFFIX = ".safetensors"
@@ -37,7 +38,11 @@ class CheckpointMeta:
         feature_dim: D of the features (== model.in_dim).
         class_names: Class of each logit.
         group_tokens: Whether the bag given to the model has the group tokens appended (Eq. 4).
-        threshold: Decision threshold on P(class 1) for binary tasks (Youden on validation), else None.
+        threshold: Decision threshold on P(class 1) for binary tasks, else None; shown to people, strictly
+            inside (0, 1). The decision itself uses ``threshold_margin``.
+        threshold_margin: The same threshold on the logit margin ``logit_1 - logit_0`` (decisions use this);
+            None in checkpoints written before margins were recorded (then derived from ``threshold``).
+        threshold_rule: ``youden``, ``0.5`` or ``fixed`` (how it was chosen), or None.
         sammil: SamMilConfig / TrainConfig used to train, as dicts (empty for imports).
         metrics: Validation/test metrics of this fold.
         data: Training-data provenance (hashes of labels, split and slide lists).
@@ -51,6 +56,8 @@ class CheckpointMeta:
     class_names: tuple[str, ...]
     group_tokens: bool
     threshold: float | None = None
+    threshold_margin: float | None = None
+    threshold_rule: str | None = None
     sammil: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
@@ -62,6 +69,11 @@ class CheckpointMeta:
     def model_config(self) -> ModelConfig:
         """The model config as a dataclass."""
         return ModelConfig(**self.model)
+
+    @property
+    def decision_threshold(self) -> Threshold | None:
+        """The binary decision rule (margin, probability, rule), or None for argmax."""
+        return threshold_from_fields(self.threshold, self.threshold_margin, self.threshold_rule)
 
     def to_json(self) -> str:
         """Stable JSON text of the metadata."""

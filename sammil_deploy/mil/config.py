@@ -175,6 +175,9 @@ class SamMilConfig:
         return self.group_tokens or sg2m or self.uses_consistency
 
 
+SELECTION_MODES = ("validation", "inner_cv", "fixed", "auto")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation loop (official: Adam, lr 2e-4, wd 1e-5, cosine over 200 epochs, early stop on AUC).
@@ -196,6 +199,15 @@ class TrainConfig:
         cache_bags: Keep all bags in memory instead of reading each file every epoch.
         threads: torch CPU threads (0 = leave torch's default).
         tensorboard: Also write TensorBoard event files next to the CSV/JSON logs (needs ``tensorboard``).
+        threshold: Binary decision rule: ``youden`` (Youden's J on held-out training-fold scores, on the logit
+            margin), ``0.5``, or a probability in (0, 1) as text (``"0.3"``).
+        selection: How the epoch and the threshold are chosen without the test fold: ``validation`` (the
+            validation split of each training fold), ``inner_cv`` (``inner_folds``-fold CV over the whole training
+            fold, then a refit on all of it for the chosen number of epochs), ``fixed`` (train on the whole
+            training fold for ``epochs``; no selection, so the threshold must be ``0.5`` or a number) or ``auto``
+            (``inner_cv`` when a validation split has fewer than ``min_val_bags`` bags, else ``validation``).
+        inner_folds: K of the inner cross-validation.
+        min_val_bags: Smallest validation split trusted for selection (``auto``; ``validation`` warns below it).
     """
 
     optimizer: str = "adam"
@@ -214,8 +226,23 @@ class TrainConfig:
     cache_bags: bool = True
     threads: int = 0
     tensorboard: bool = False
+    threshold: str = "youden"
+    selection: str = "validation"
+    inner_folds: int = 5
+    min_val_bags: int = 20
 
     def __post_init__(self) -> None:
+        from sammil_deploy.mil.threshold import parse_threshold_option
+
+        object.__setattr__(self, "threshold", str(parse_threshold_option(self.threshold)))
+        _choice("train", "selection", self.selection, SELECTION_MODES)
+        if self.inner_folds < 2:
+            raise ConfigError(f"train.inner_folds must be >= 2, got {self.inner_folds}")
+        if self.selection == "fixed" and self.threshold == "youden":
+            raise ConfigError(
+                "train.selection = 'fixed' keeps no held-out bags to choose a Youden threshold on; use "
+                "--threshold 0.5 (or a probability), or --selection inner_cv"
+            )
         _choice("train", "optimizer", self.optimizer, ("adam", "adamw"))
         _choice("train", "schedule", self.schedule, ("cosine", "none"))
         _choice("train", "monitor", self.monitor, ("auc", "loss"))

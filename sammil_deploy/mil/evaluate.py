@@ -17,18 +17,25 @@ import torch.nn.functional as F
 from sammil_deploy.mil.data import BagDataset
 from sammil_deploy.mil.metrics import classification_metrics, mean_std
 from sammil_deploy.mil.model import MilHead
+from sammil_deploy.mil.threshold import Threshold, margins_from_logits, margins_from_probs
 
 SUMMARY_METRICS = ("auc", "accuracy", "f1")
 
 
 @dataclass(frozen=True)
 class Predictions:
-    """Whole-bag predictions of a dataset: ``probs`` (n, C) float64, ``labels`` (n,) int64, mean CE ``loss``."""
+    """Whole-bag predictions: ``probs`` and ``logits`` (n, C) float64, ``labels`` (n,) int64, mean CE ``loss``."""
 
     slide_ids: tuple[str, ...]
     labels: np.ndarray
     probs: np.ndarray
     loss: float
+    logits: np.ndarray | None = None
+
+    @property
+    def margins(self) -> np.ndarray:
+        """(n,) binary logit margins ``logit_1 - logit_0`` (from the logits; from probs if there are none)."""
+        return margins_from_logits(self.logits) if self.logits is not None else margins_from_probs(self.probs)
 
 
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
@@ -45,7 +52,7 @@ def predict(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    probs, losses, ids = [], [], []
+    probs, logits_all, losses, ids = [], [], [], []
     try:
         for i in range(len(dataset)):
             bag = dataset[i]
@@ -54,6 +61,7 @@ def predict(
             logits = logits.float()
             losses.append(float(F.cross_entropy(logits[None], torch.tensor([bag.label], device=device))))
             probs.append(torch.softmax(logits, dim=0).double().cpu().numpy())
+            logits_all.append(logits.double().cpu().numpy())
             ids.append(bag.slide_id)
     finally:
         model.train(was_training)
@@ -63,12 +71,15 @@ def predict(
         np.asarray(dataset.labels, dtype=np.int64),
         np.stack(probs) if probs else np.zeros((0, n_classes)),
         float(np.mean(losses)) if losses else math.nan,
+        np.stack(logits_all) if logits_all else np.zeros((0, n_classes)),
     )
 
 
-def evaluate_predictions(pred: Predictions, *, threshold: float | None) -> dict[str, Any]:
-    """Metrics of ``pred`` (AUC, accuracy, F1, ...) at ``threshold`` (binary) plus the mean CE loss."""
-    return {**classification_metrics(pred.labels, pred.probs, threshold=threshold), "loss": pred.loss}
+def evaluate_predictions(pred: Predictions, *, threshold: Threshold | None) -> dict[str, Any]:
+    """Metrics of ``pred`` (AUC, accuracy, F1, ...) at ``threshold`` (binary, on the margin) plus the mean CE loss."""
+    margins = pred.margins if pred.probs.shape[1] == 2 else None
+    metrics = classification_metrics(pred.labels, pred.probs, threshold=threshold, margins=margins)
+    return {**metrics, "loss": pred.loss}
 
 
 def summarise_folds(per_fold: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -81,19 +92,23 @@ def summarise_folds(per_fold: Sequence[dict[str, Any]]) -> dict[str, dict[str, f
 
 
 def write_predictions_csv(
-    path: Path, pred: Predictions, class_names: Sequence[str], *, threshold: float | None, fold: str = ""
+    path: Path, pred: Predictions, class_names: Sequence[str], *, threshold: Threshold | None, fold: str = ""
 ) -> Path:
-    """Per-slide predictions: slide_id, fold, label, predicted class, one probability column per class."""
-    if pred.probs.shape[1] == 2 and threshold is not None:
-        predicted = (pred.probs[:, 1] >= threshold).astype(np.int64)
+    """Per-slide predictions: slide_id, fold, label, predicted class, class probabilities (and binary margin)."""
+    binary = pred.probs.shape[1] == 2
+    if binary and threshold is not None:
+        predicted = threshold.decide(pred.margins).astype(np.int64)
     else:
         predicted = pred.probs.argmax(axis=1)
+    margins = pred.margins if binary else np.full(len(predicted), np.nan)
     tmp = path.with_name(path.name + ".partial")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["slide_id", "fold", "label", "predicted", *[f"prob_{c}" for c in class_names]])
-        for sid, y, p, probs in zip(pred.slide_ids, pred.labels, predicted, pred.probs, strict=True):
-            writer.writerow([sid, fold, class_names[y], class_names[p], *[f"{v:.6f}" for v in probs]])
+        margin_col = ["margin"] if binary else []
+        writer.writerow(["slide_id", "fold", "label", "predicted", *[f"prob_{c}" for c in class_names], *margin_col])
+        for sid, y, p, probs, m in zip(pred.slide_ids, pred.labels, predicted, pred.probs, margins, strict=True):
+            extra = [f"{m:.6f}"] if binary else []
+            writer.writerow([sid, fold, class_names[y], class_names[p], *[f"{v:.6f}" for v in probs], *extra])
     os.replace(tmp, path)
     return path

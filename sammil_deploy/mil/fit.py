@@ -24,9 +24,10 @@ from sammil_deploy.errors import ConfigError
 from sammil_deploy.mil.config import TrainConfig, TrainRecipe
 from sammil_deploy.mil.data import BagDataset
 from sammil_deploy.mil.evaluate import autocast, predict
-from sammil_deploy.mil.metrics import roc_auc, youden_threshold
+from sammil_deploy.mil.metrics import roc_auc
 from sammil_deploy.mil.model import MilHead, build_model
 from sammil_deploy.mil.objective import bag_loss, ema_update
+from sammil_deploy.mil.threshold import Threshold, choose_threshold, threshold_fields
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,18 @@ class EpochRecord:
 
 @dataclass
 class FitResult:
-    """Best model (weights of the best validation epoch, eval mode) and the run's history."""
+    """Best model (weights of the best validation epoch, eval mode) and the run's history.
+
+    ``val_margins[e]`` holds the validation logit margins after epoch ``e`` (binary tasks with
+    ``keep_val_margins``; inner cross-validation pools them), else it is empty.
+    """
 
     model: MilHead
     best_epoch: int
-    threshold: float | None
+    threshold: Threshold | None
     history: list[EpochRecord]
     stopped_early: bool
+    val_margins: list[np.ndarray] = field(default_factory=list)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,31 +100,39 @@ def seeded(cfg: TrainConfig) -> Iterator[None]:
 def fit(
     recipe: TrainRecipe,
     train_ds: BagDataset,
-    val_ds: BagDataset,
+    val_ds: BagDataset | None,
     *,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     log_dir: Path | None = None,
+    epochs: int | None = None,
+    keep_val_margins: bool = False,
 ) -> FitResult:
     """Train one fold and keep the weights of the best validation epoch.
 
     Best epoch: strictly higher validation AUC (``monitor = 'auc'``, as the official code) or strictly lower
     validation loss. Early stopping after ``patience`` epochs without improvement, never before
-    ``min_epochs``. The binary decision threshold is the Youden-optimal one on the validation set.
+    ``min_epochs``. The binary decision threshold follows ``train.threshold`` (Youden on the validation
+    margins by default). Without ``val_ds`` the model of the last epoch is kept (fixed-epoch training) and the
+    threshold must not need validation scores.
 
     Args:
         recipe: Model, objective and loop configs (``recipe.model.in_dim`` must equal the feature dim).
         train_ds: Training bags.
-        val_ds: Validation bags (never masked).
+        val_ds: Validation bags (never masked), or None for fixed-epoch training.
         on_epoch: Called after every epoch (progress display).
         log_dir: If given, ``log.csv`` and ``log.json`` (and TensorBoard events if enabled) are written there.
+        epochs: Stop after this many epochs (the cosine schedule still spans ``train.epochs``); default all.
+        keep_val_margins: Record the validation margins of every epoch in ``FitResult.val_margins``.
 
     Raises:
         ConfigError: Impossible device, or AUC monitoring with a single-class validation set.
     """
     cfg = recipe.train
-    if len(train_ds) == 0 or len(val_ds) == 0:
+    if len(train_ds) == 0 or (val_ds is not None and len(val_ds) == 0):
         raise ConfigError("training and validation sets must both be non-empty")
-    if cfg.monitor == "auc" and len(set(val_ds.labels)) < 2:
+    if val_ds is None and cfg.threshold == "youden" and recipe.model.n_classes == 2:
+        raise ConfigError("fixed-epoch training has no validation bags for a Youden threshold; use --threshold 0.5")
+    if val_ds is not None and cfg.monitor == "auc" and len(set(val_ds.labels)) < 2:
         raise ConfigError(
             "the validation split holds a single class, so AUC is undefined; raise "
             "data.val_fraction or set train.monitor = 'loss'"
@@ -141,22 +155,27 @@ def fit(
         history: list[EpochRecord] = []
         best_value, best_epoch, best_state, since_best = math.nan, -1, None, 0
         stopped = False
-        for epoch in range(cfg.epochs):
+        val_margins: list[np.ndarray] = []
+        for epoch in range(cfg.epochs if epochs is None else min(epochs, cfg.epochs)):
             start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             loss, parts = _train_epoch(model, teacher, train_ds, recipe, optimizer, scaler, generator, device)
             if scheduler is not None:
                 scheduler.step()
-            val = predict(model, val_ds, device=device, amp=cfg.amp)
-            val_auc = roc_auc(val.labels, val.probs)
-            value = val_auc if cfg.monitor == "auc" else -val.loss
+            val_loss, val_auc, value = math.nan, math.nan, float(epoch)  # fixed epochs: the last one is "best"
+            if val_ds is not None:
+                val = predict(model, val_ds, device=device, amp=cfg.amp)
+                val_loss, val_auc = val.loss, roc_auc(val.labels, val.probs)
+                value = val_auc if cfg.monitor == "auc" else -val.loss
+                if keep_val_margins and recipe.model.n_classes == 2:
+                    val_margins.append(val.margins)
             improved = best_epoch < 0 or value > best_value
             if improved:
                 best_value, best_epoch, since_best = value, epoch, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 since_best += 1
-            record = EpochRecord(epoch, lr, loss, val.loss, val_auc, time.perf_counter() - start, parts, improved)
+            record = EpochRecord(epoch, lr, loss, val_loss, val_auc, time.perf_counter() - start, parts, improved)
             history.append(record)
             if writer is not None:
                 _tensorboard_epoch(writer, record)
@@ -172,9 +191,12 @@ def fit(
         model.eval()
         threshold = None
         if recipe.model.n_classes == 2:
-            val = predict(model, val_ds, device=device, amp=cfg.amp)
-            threshold = youden_threshold(val.labels == 1, val.probs[:, 1])
-    result = FitResult(model, best_epoch, threshold, history, stopped)
+            if val_ds is None:
+                threshold = choose_threshold(cfg.threshold, np.zeros(0), np.zeros(0))
+            else:
+                val = predict(model, val_ds, device=device, amp=cfg.amp)
+                threshold = choose_threshold(cfg.threshold, val.labels == 1, val.margins)
+    result = FitResult(model, best_epoch, threshold, history, stopped, val_margins)
     if log_dir is not None:
         write_logs(log_dir, result)
     return result
@@ -234,7 +256,7 @@ def write_logs(log_dir: Path, result: FitResult) -> None:
     os.replace(tmp, log_dir / "log.csv")
     payload: dict[str, Any] = {
         "best_epoch": result.best_epoch,
-        "threshold": result.threshold,
+        **threshold_fields(result.threshold),
         "stopped_early": result.stopped_early,
         "history": [asdict(r) for r in result.history],
     }

@@ -1,4 +1,4 @@
-"""Classification metrics in numpy (no sklearn): ROC AUC, Youden threshold, accuracy, F1."""
+"""Classification metrics in numpy (no sklearn): ROC AUC, accuracy, F1 (thresholds: :mod:`.threshold`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 from typing import Any
 
 import numpy as np
+
+from sammil_deploy.mil.threshold import Threshold, margins_from_probs
 
 
 def roc_auc_binary(y_true: np.ndarray, score: np.ndarray) -> float:
@@ -39,37 +41,6 @@ def roc_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else math.nan
 
 
-def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) at every distinct score, thresholds descending (prediction = score >= thr).
-
-    The first point is (0, 0) at threshold +inf.
-    """
-    y = np.asarray(y_true).astype(bool)
-    score = np.asarray(score, dtype=np.float64)
-    order = np.argsort(-score, kind="stable")
-    s, y = score[order], y[order]
-    last_of_run = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    tps = np.cumsum(y)[last_of_run]
-    fps = (last_of_run + 1) - tps
-    tpr = np.r_[0.0, tps / max(y.sum(), 1)]
-    fpr = np.r_[0.0, fps / max((~y).sum(), 1)]
-    return fpr, tpr, np.r_[np.inf, s[last_of_run]]
-
-
-def youden_threshold(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Score threshold maximising Youden's J = tpr - fpr (first, i.e. highest, threshold on ties).
-
-    Returns 0.5 when a class is missing (J is undefined).
-    """
-    y = np.asarray(y_true).astype(bool)
-    if y.all() or (~y).all():
-        return 0.5
-    fpr, tpr, thresholds = roc_curve(y, score)
-    j = tpr - fpr
-    best = int(np.argmax(j >= j.max() - 1e-12))  # first (highest) threshold among float-equal maxima
-    return float(min(thresholds[best], 1.0))
-
-
 def f1_binary(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """F1 of the positive class (0 when there is no positive prediction and no positive label)."""
     y, p = np.asarray(y_true).astype(bool), np.asarray(y_pred).astype(bool)
@@ -78,30 +49,44 @@ def f1_binary(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return 2.0 * tp / denom if denom else 0.0
 
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray, *, threshold: float | None = None) -> dict[str, Any]:
+def classification_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    *,
+    threshold: Threshold | None = None,
+    margins: np.ndarray | None = None,
+) -> dict[str, Any]:
     """AUC, accuracy and F1 of class probabilities.
 
-    Binary: predictions are probs[:, 1] >= ``threshold`` (0.5 if None); F1 of class 1, plus precision and
-    recall. Multi-class: argmax predictions and macro F1 over the classes.
+    Binary: class 1 iff the logit margin >= ``threshold.margin`` (margin 0, i.e. P(1) >= 0.5, if None); F1 of
+    class 1, precision, recall, and the accuracy and F1 at P(1) >= 0.5 too (``accuracy_at_0.5``,
+    ``f1_at_0.5``). Multi-class: argmax predictions and macro F1 over the classes.
 
     Args:
         y_true: (n,) int class indices.
         probs: (n, C) class probabilities.
-        threshold: Decision threshold for binary tasks (the validation Youden threshold).
+        threshold: Binary decision threshold (chosen on validation).
+        margins: (n,) logit margins ``logit_1 - logit_0``; from ``probs`` if None (saturated ones become ±inf).
     """
     y = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     out: dict[str, Any] = {"n": int(len(y)), "auc": roc_auc(y, probs)}
     if probs.shape[1] == 2:
-        thr = 0.5 if threshold is None else float(threshold)
-        pred = (probs[:, 1] >= thr).astype(np.int64)
+        thr = threshold or Threshold(0.0, "0.5")
+        m = margins_from_probs(probs) if margins is None else np.asarray(margins, dtype=np.float64)
+        pred = thr.decide(m).astype(np.int64)
+        at_half = (m >= 0.0).astype(np.int64)
         tp = int(((pred == 1) & (y == 1)).sum())
         out.update(
-            threshold=thr,
+            threshold=thr.probability,
+            threshold_margin=thr.margin,
+            threshold_rule=thr.rule,
             f1=f1_binary(y == 1, pred == 1),
             precision=tp / max(int((pred == 1).sum()), 1),
             recall=tp / max(int((y == 1).sum()), 1),
         )
+        out["accuracy_at_0.5"] = float((at_half == y).mean()) if len(y) else math.nan
+        out["f1_at_0.5"] = f1_binary(y == 1, at_half == 1)
     else:
         pred = probs.argmax(axis=1)
         out["f1"] = float(np.mean([f1_binary(y == c, pred == c) for c in range(probs.shape[1])]))

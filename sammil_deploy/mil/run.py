@@ -31,6 +31,7 @@ from sammil_deploy.mil.evaluate import (
     write_predictions_csv,
 )
 from sammil_deploy.mil.fit import EpochRecord, fit, resolve_device
+from sammil_deploy.mil.threshold import Threshold, choose_threshold, threshold_fields
 
 Event = Callable[[str, dict[str, Any]], None]
 
@@ -137,7 +138,7 @@ def train_cross_validation(
             class_names=labels.class_names,
             group_tokens=recipe.sammil.group_tokens,
             feature_extractor=extractor,
-            threshold=result.threshold,
+            **threshold_fields(result.threshold),
             metrics=metrics,
             sammil={"sammil": to_dict(recipe.sammil), "train": to_dict(recipe.train)},
             data={
@@ -164,10 +165,14 @@ def train_cross_validation(
     return summary
 
 
-def evaluate_checkpoint(checkpoint: Path, features_dir: Path, labels_csv: Path, out_dir: Path) -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint: Path, features_dir: Path, labels_csv: Path, out_dir: Path, *, threshold_rule: str | None = None
+) -> dict[str, Any]:
     """Evaluate a checkpoint on every labelled slide of a feature folder at the checkpoint's threshold.
 
-    Writes ``predictions.csv`` and ``metrics.json`` in ``out_dir`` and returns the metrics.
+    ``threshold_rule`` (``youden`` | ``0.5`` | a probability) overrides it; ``youden`` then picks the threshold on
+    these very slides, which is optimistic (say so when you report it). Writes ``predictions.csv`` and
+    ``metrics.json`` in ``out_dir`` and returns the metrics.
     """
     ckpt = load_checkpoint(checkpoint)
     files = find_feature_files(features_dir, read_labels(labels_csv).slide_ids)
@@ -181,9 +186,12 @@ def evaluate_checkpoint(checkpoint: Path, features_dir: Path, labels_csv: Path, 
         cache=False,
     )
     pred = predict(ckpt.model, ds)
-    metrics = {"checkpoint": str(checkpoint), **evaluate_predictions(pred, threshold=ckpt.meta.threshold)}
+    threshold = ckpt.meta.decision_threshold
+    if threshold_rule is not None and len(labels.class_names) == 2:
+        threshold = choose_threshold(threshold_rule, pred.labels == 1, pred.margins)
+    metrics = {"checkpoint": str(checkpoint), **evaluate_predictions(pred, threshold=threshold)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_predictions_csv(out_dir / "predictions.csv", pred, labels.class_names, threshold=ckpt.meta.threshold)
+    write_predictions_csv(out_dir / "predictions.csv", pred, labels.class_names, threshold=threshold)
     _write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=str))
     return metrics
 
@@ -223,7 +231,7 @@ def _write_summary(
     summary: CvSummary,
     recipe: TrainRecipe,
     splits: Sequence[Split],
-    preds: Sequence[tuple[str, Predictions, float | None]],
+    preds: Sequence[tuple[str, Predictions, Threshold | None]],
     class_names: Sequence[str],
 ) -> None:
     out = summary.out_dir

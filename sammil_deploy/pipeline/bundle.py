@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from sammil_deploy.config import from_mapping, to_dict
 from sammil_deploy.errors import BackendError, CheckpointError, ConfigError
+from sammil_deploy.mil.threshold import Threshold, threshold_from_fields
 
 if TYPE_CHECKING:
     from sammil_deploy.features.encoders import PatchEncoder
@@ -73,9 +74,12 @@ class Bundle:
         encoder_weights: The encoder's weights file, or None (then features need an exported backend).
         checkpoint_path: MIL ``.safetensors``.
         class_names: Class of each logit.
-        threshold: Decision threshold on P(class 1) (binary), or None (argmax).
+        threshold: Decision threshold on P(class 1) (binary), or None (argmax); for display.
         group_tokens: Whether the head expects group tokens after the patch rows.
         artifacts: Exported parts.
+        threshold_margin: The threshold on the logit margin ``logit_1 - logit_0`` (decisions use it); None in
+            bundles made before margins were recorded (then derived from ``threshold``).
+        threshold_rule: How the threshold was chosen (``youden``, ``0.5``, ``fixed``), or None.
     """
 
     root: Path
@@ -88,6 +92,13 @@ class Bundle:
     threshold: float | None
     group_tokens: bool
     artifacts: tuple[BundleArtifact, ...]
+    threshold_margin: float | None = None
+    threshold_rule: str | None = None
+
+    @property
+    def decision_threshold(self) -> Threshold | None:
+        """The binary decision rule of the MIL head (decide on the margin), or None (argmax)."""
+        return threshold_from_fields(self.threshold, self.threshold_margin, self.threshold_rule)
 
     @property
     def feature_dim(self) -> int:
@@ -148,6 +159,7 @@ class Bundle:
             "checkpoint_sha256": self.manifest["files"][self.manifest["mil"]["checkpoint"]],
             "class_names": list(self.class_names),
             "threshold": self.threshold,
+            "threshold_margin": self.threshold_margin,
             "group_tokens": self.group_tokens,
             "artifacts": sorted(f"{a.part}/{a.format}/{a.precision}" for a in self.artifacts),
         }
@@ -225,6 +237,8 @@ def make_bundle(
                 "feature_extractor": meta.feature_extractor,
                 "class_names": list(meta.class_names),
                 "threshold": meta.threshold,
+                "threshold_margin": meta.threshold_margin,
+                "threshold_rule": meta.threshold_rule,
                 "group_tokens": meta.group_tokens,
                 "model": meta.model,
             },
@@ -363,6 +377,8 @@ def load_bundle(root: Path, *, verify_hashes: bool = True) -> Bundle:
             checkpoint_path=resolve(mil["checkpoint"]),  # type: ignore[arg-type]
             class_names=tuple(mil["class_names"]),
             threshold=mil["threshold"],
+            threshold_margin=mil.get("threshold_margin"),
+            threshold_rule=mil.get("threshold_rule"),
             group_tokens=bool(mil["group_tokens"]),
             artifacts=artifacts,
         )

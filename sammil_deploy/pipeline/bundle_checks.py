@@ -32,7 +32,7 @@ def check_consistency(bundle: Bundle) -> None:
             f"{where}: the MIL checkpoint was trained on {extractor} features but the bundle's encoder is "
             f"{enc['name']}; bundle the encoder the training features came from"
         )
-    if tuple(ckpt.meta.class_names) != bundle.class_names or ckpt.meta.threshold != bundle.threshold:
+    if tuple(ckpt.meta.class_names) != bundle.class_names or ckpt.meta.decision_threshold != bundle.decision_threshold:
         raise CheckpointError(
             f"{where}: bundle.json and the MIL checkpoint disagree on classes/threshold; {_MAKE_HINT}"
         )

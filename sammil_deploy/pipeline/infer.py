@@ -54,6 +54,8 @@ class InferConfig:
         heatmap_max_size_px: Long side of the heatmap's thumbnail.
         mpp: Microns per level-0 pixel for slides without metadata (default: the bundle's).
         top_k: Most-attended patches listed in the report.
+        threshold: Binary decision: ``youden`` (default: the bundle's recorded threshold, chosen at training),
+            ``0.5``, or a probability in (0, 1) as text; decisions are made on the logit margin.
     """
 
     backend: str = "torch"
@@ -68,6 +70,7 @@ class InferConfig:
     heatmap_max_size_px: int = 2048
     mpp: float | None = None
     top_k: int = 10
+    threshold: str = "youden"
 
     def __post_init__(self) -> None:
         from sammil_deploy.pipeline.models import BACKENDS
@@ -86,6 +89,9 @@ class InferConfig:
             raise ConfigError(f"infer.heatmap_scaling must be one of {list(SCALINGS)}, got {self.heatmap_scaling!r}")
         if self.mpp is not None and self.mpp <= 0:
             raise ConfigError(f"infer.mpp must be > 0, got {self.mpp}")
+        from sammil_deploy.mil.threshold import parse_threshold_option
+
+        object.__setattr__(self, "threshold", str(parse_threshold_option(self.threshold)))
 
 
 def load_infer_config(path: Path | None = None, *, overrides: Mapping[str, Any] | None = None) -> InferConfig:

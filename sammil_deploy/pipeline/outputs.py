@@ -146,11 +146,13 @@ def _report(
     probabilities: list[float],
     rank: np.ndarray,
 ) -> dict[str, Any]:
-    from sammil_deploy.pipeline.report import REPORT_SCHEMA_VERSION, predict_label
+    from sammil_deploy.mil.threshold import threshold_fields
+    from sammil_deploy.pipeline.report import REPORT_SCHEMA_VERSION, decision_threshold, predict_label
 
     n = len(grid)
     names = bundle.class_names
-    label, index = predict_label(probabilities, names, bundle.threshold)
+    threshold = decision_threshold(bundle.decision_threshold, cfg.threshold)
+    label, index = predict_label(head["logits"], names, threshold)
     attention = np.asarray(head["attention"], np.float64)
     top = np.argsort(-attention[:n], kind="stable")[: cfg.top_k]
     groups = attention[n:]
@@ -170,12 +172,8 @@ def _report(
             "label_index": index,
             "probabilities": dict(zip(names, probabilities, strict=True)),
             "logits": [float(v) for v in head["logits"]],
-            "threshold": bundle.threshold,
-            "decision": (
-                f"{names[1]} if P({names[1]}) >= {bundle.threshold}"
-                if bundle.threshold is not None and len(names) == 2
-                else "argmax"
-            ),
+            **threshold_fields(threshold if len(names) == 2 else None),
+            "decision": threshold.describe(names) if threshold is not None and len(names) == 2 else "argmax",
         },
         "counts": {
             "patches": n,

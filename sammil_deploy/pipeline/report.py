@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sammil_deploy.errors import ConfigError
+from sammil_deploy.mil.threshold import Threshold, choose_threshold
 
 REPORT_SCHEMA_VERSION = 1
 SUMMARY_NAME = "summary.csv"
@@ -56,19 +59,26 @@ def stable_view(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k not in VOLATILE_KEYS}
 
 
-def predict_label(
-    probabilities: Sequence[float], class_names: Sequence[str], threshold: float | None
-) -> tuple[str, int]:
-    """Decision: binary with a threshold → class 1 iff P(class 1) >= threshold; otherwise the argmax.
+def predict_label(logits: Sequence[float], class_names: Sequence[str], threshold: Threshold | None) -> tuple[str, int]:
+    """Decision: binary with a threshold → class 1 iff logit_1 - logit_0 >= threshold.margin; otherwise argmax.
+
+    Deciding on logits keeps the order of saturated slides (P(1) = 1.0 in float for any margin above ~37).
 
     Returns:
         (class name, class index).
     """
     if threshold is not None and len(class_names) == 2:
-        index = 1 if probabilities[1] >= threshold else 0
+        index = 1 if float(logits[1]) - float(logits[0]) >= threshold.margin else 0
     else:
-        index = max(range(len(probabilities)), key=lambda i: probabilities[i])
+        index = max(range(len(logits)), key=lambda i: logits[i])
     return class_names[index], index
+
+
+def decision_threshold(recorded: Threshold | None, rule: str = "youden") -> Threshold | None:
+    """The threshold ``infer`` applies: the bundle's recorded one (``youden``), or ``0.5`` / a probability."""
+    if rule == "youden" or recorded is None:
+        return recorded
+    return choose_threshold(rule, np.zeros(0), np.zeros(0))
 
 
 SUMMARY_BASE = ("slide_id", "slide", "status", "label", "threshold", "n_patches", "n_segments", "seconds")
