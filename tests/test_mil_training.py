@@ -116,7 +116,7 @@ def test_cli_train_evaluate_import_on_hdf5_files(tmp_path, cohort):
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout)
     assert len(payload["folds"]) == 3
-    assert set(payload["mean_std"]) == {"auc", "accuracy", "f1"}
+    assert set(payload["mean_std"]) == {"auc", "accuracy", "accuracy_at_0.5", "f1", "f1_at_0.5"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["recipe"]["model"]["in_dim"] == 32
     test_ids = [i for s in summary["splits"] for i in s["test"]]

@@ -37,6 +37,8 @@ class ModelConfig:
         kind: ``attention`` (AB-MIL), ``mean`` or ``max`` pooling baselines.
         in_dim: Feature dimension D of the bag (1024 for ResNet50-trunc).
         embed_dim: Width of the input projection Linear(D -> embed_dim) + ReLU.
+        embed_hidden: If > 0, the projection is two layers: Linear(D -> embed_hidden) + ReLU + dropout, then
+            Linear(embed_hidden -> embed_dim) + ReLU (Ilse et al.'s fc-256, fc-128 for the classical MIL data).
         attn_dim: Hidden width of the attention MLP.
         n_classes: Number of output logits C.
         gated: Gated attention act(a)·sigmoid(b) -> c instead of act(a) -> c.
@@ -48,6 +50,7 @@ class ModelConfig:
     kind: str = "attention"
     in_dim: int = 1024
     embed_dim: int = 512
+    embed_hidden: int = 0
     attn_dim: int = 128
     n_classes: int = 2
     gated: bool = False
@@ -61,6 +64,8 @@ class ModelConfig:
         for name in ("in_dim", "embed_dim", "attn_dim"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")
+        if self.embed_hidden < 0:
+            raise ConfigError(f"model.embed_hidden must be >= 0 (0 = one projection layer), got {self.embed_hidden}")
         if self.n_classes < 2:
             raise ConfigError(f"model.n_classes must be >= 2 (binary tasks use 2 logits), got {self.n_classes}")
         if not 0.0 <= self.dropout < 1.0:

@@ -19,7 +19,8 @@ from sammil_deploy.mil.metrics import classification_metrics, mean_std
 from sammil_deploy.mil.model import MilHead
 from sammil_deploy.mil.threshold import Threshold, margins_from_logits, margins_from_probs
 
-SUMMARY_METRICS = ("auc", "accuracy", "f1")
+# Binary tasks also get accuracy and F1 at P(1) >= 0.5 next to those at the chosen threshold.
+SUMMARY_METRICS = ("auc", "accuracy", "accuracy_at_0.5", "f1", "f1_at_0.5")
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,34 @@ def evaluate_predictions(pred: Predictions, *, threshold: Threshold | None) -> d
 
 
 def summarise_folds(per_fold: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """``{metric: {"mean", "std"}}`` over folds (sample std) for AUC, accuracy and F1."""
-    return {
-        m: dict(zip(("mean", "std"), mean_std([float(f[m]) for f in per_fold]), strict=True))
-        for m in SUMMARY_METRICS
-        if all(m in f for f in per_fold)
-    }
+    """``{metric: {"mean", "std", "sem", "n"}}`` over folds for AUC, accuracy (and at 0.5) and F1 (and at 0.5).
+
+    ``std`` is the sample std over all folds of all repeats and ``sem`` = std / sqrt(n). Folds of one K-fold
+    share training bags, so this SEM is optimistic; with repeats, ``sem_repeats`` is the SEM of the per-repeat
+    means (the spread a rerun on new shuffles would show).
+    """
+    out = {}
+    for m in SUMMARY_METRICS:
+        if not all(m in f for f in per_fold):
+            continue
+        values = [float(f[m]) for f in per_fold]
+        mean, std = mean_std(values)
+        n = sum(not math.isnan(v) for v in values)
+        stats = {"mean": mean, "std": std, "sem": std / math.sqrt(n) if n else math.nan, "n": n}
+        repeats = _per_repeat_means(per_fold, m)
+        if len(repeats) > 1:
+            stats["sem_repeats"] = mean_std(repeats)[1] / math.sqrt(len(repeats))
+        out[m] = stats
+    return out
+
+
+def _per_repeat_means(per_fold: Sequence[dict[str, Any]], metric: str) -> list[float]:
+    """Mean of ``metric`` per repeat (fold names ``repeat<r>_fold<k>``; one group when there are no repeats)."""
+    groups: dict[str, list[float]] = {}
+    for f in per_fold:
+        name = str(f.get("fold", ""))
+        groups.setdefault(name.partition("_fold")[0] if name.startswith("repeat") else "", []).append(float(f[metric]))
+    return [mean_std(v)[0] for v in groups.values()]
 
 
 def write_predictions_csv(

@@ -22,12 +22,17 @@ class MilHead(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.embed_fc = nn.Linear(cfg.in_dim, cfg.embed_dim)
+        # Optional first layer (Ilse et al.'s two-layer embedding); absent by default, so state dicts of
+        # one-layer heads (and imported official checkpoints) keep their keys.
+        self.embed_hidden = nn.Linear(cfg.in_dim, cfg.embed_hidden) if cfg.embed_hidden else None
+        self.embed_fc = nn.Linear(cfg.embed_hidden or cfg.in_dim, cfg.embed_dim)
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.embed_dim, cfg.n_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(N, D) features -> (N, E) projected instances (before dropout)."""
+        if self.embed_hidden is not None:
+            x = self.dropout(torch.relu(self.embed_hidden(x)))
         return torch.relu(self.embed_fc(x))
 
     def pool(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

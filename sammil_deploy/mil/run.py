@@ -1,7 +1,8 @@
 """Cross-validated training and checkpoint evaluation: what `sammil-deploy train` / `evaluate` call.
 
-Per fold: fit on the training slides, pick the epoch and the Youden threshold on the validation slides, then
-evaluate once on the test slides. Outputs in ``out_dir``: ``<fold>.safetensors`` + ``<fold>.json`` checkpoints,
+Per fold: fit on the training slides, pick the epoch and the decision threshold without the test slides (the
+validation split, an inner cross-validation, or fixed epochs: :mod:`.selection`), then evaluate once on the
+test slides. Outputs in ``out_dir``: ``<fold>.safetensors`` + ``<fold>.json`` checkpoints,
 ``<fold>/log.csv|json``, ``predictions.csv`` (test slides of every fold), ``summary.json`` and ``summary.csv``.
 """
 
@@ -24,13 +25,15 @@ from sammil_deploy.mil.checkpoint import load_checkpoint, make_meta, save_checkp
 from sammil_deploy.mil.config import TrainRecipe, with_data_shape
 from sammil_deploy.mil.data import BagDataset, Labels, Split, find_feature_files, make_splits, read_labels, read_splits
 from sammil_deploy.mil.evaluate import (
+    SUMMARY_METRICS,
     Predictions,
     evaluate_predictions,
     predict,
     summarise_folds,
     write_predictions_csv,
 )
-from sammil_deploy.mil.fit import EpochRecord, fit, resolve_device
+from sammil_deploy.mil.fit import EpochRecord, resolve_device
+from sammil_deploy.mil.selection import fit_fold, resolve_selection
 from sammil_deploy.mil.threshold import Threshold, choose_threshold, threshold_fields
 
 Event = Callable[[str, dict[str, Any]], None]
@@ -106,63 +109,77 @@ def train_cross_validation(
         )
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(recipe.train.device)
+    fold_run = _FoldRun(recipe, labels.class_names, y, dataset, out_dir, extractor, provenance, on_event)
     per_fold, checkpoints, all_preds = [], [], []
     for split in splits:
-        train_ds, val_ds, test_ds = dataset(split.train), dataset(split.val), dataset(split.test)
-        _emit(
-            on_event,
-            "fold_start",
-            fold=split.name,
-            n_train=len(train_ds),
-            n_val=len(val_ds),
-            n_test=len(test_ds),
-            epochs=recipe.train.epochs,
-        )
-        result = fit(
+        metrics, checkpoint, test, threshold = fold_run(split)
+        checkpoints.append(checkpoint)
+        all_preds.append((split.name, test, threshold))
+        per_fold.append(metrics)
+    summary = CvSummary(per_fold, summarise_folds(per_fold), out_dir, checkpoints)
+    _write_summary(summary, recipe, splits, all_preds, labels.class_names)
+    return summary
+
+
+@dataclass(frozen=True)
+class _FoldRun:
+    """Train, select, test and save one outer fold (the body of :func:`train_cross_validation`)."""
+
+    recipe: TrainRecipe
+    class_names: tuple[str, ...]
+    y: dict[str, int]
+    dataset: Callable[[Sequence[str]], BagDataset]
+    out_dir: Path
+    extractor: str | None
+    provenance: dict[str, Any]
+    on_event: Event | None
+
+    def __call__(self, split: Split) -> tuple[dict[str, Any], Path, Predictions, Threshold | None]:
+        recipe, name = self.recipe, split.name
+        train_ds, val_ds, test_ds = self.dataset(split.train), self.dataset(split.val), self.dataset(split.test)
+        mode = resolve_selection(recipe, len(val_ds))
+        epochs = recipe.train.epochs * (recipe.train.inner_folds + 1 if mode == "inner_cv" else 1)
+        _emit(self.on_event, "fold_start", fold=name, n_train=len(train_ds), n_val=len(val_ds),
+              n_test=len(test_ds), epochs=epochs, selection=mode)  # fmt: skip
+        fold = fit_fold(
             recipe,
-            train_ds,
-            val_ds,
-            log_dir=out_dir / split.name,
-            on_epoch=lambda r, name=split.name: _emit(on_event, "epoch", fold=name, record=r),
+            split,
+            self.dataset,
+            self.y,
+            log_dir=self.out_dir / name,
+            on_epoch=lambda r: _emit(self.on_event, "epoch", fold=name, record=r),
         )
-        test = predict(result.model, test_ds, device=device, amp=recipe.train.amp)
+        result = fold.result
+        test = predict(result.model, test_ds, device=resolve_device(recipe.train.device), amp=recipe.train.amp)
         metrics = {
-            "fold": split.name,
+            "fold": name,
+            "selection": fold.selection,
             "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
+            "epochs_run": fold.epochs_trained,
             **evaluate_predictions(test, threshold=result.threshold),
         }
         meta = make_meta(
             recipe.model,
-            class_names=labels.class_names,
+            class_names=self.class_names,
             group_tokens=recipe.sammil.group_tokens,
-            feature_extractor=extractor,
+            feature_extractor=self.extractor,
             **threshold_fields(result.threshold),
             metrics=metrics,
             sammil={"sammil": to_dict(recipe.sammil), "train": to_dict(recipe.train)},
             data={
-                **provenance,
-                "fold": split.name,
+                **self.provenance,
+                "fold": name,
                 "train_sha256": train_ds.fingerprint(),
                 "val_sha256": val_ds.fingerprint(),
                 "test_sha256": test_ds.fingerprint(),
             },
         )
-        checkpoints.append(save_checkpoint(out_dir / split.name, result.model, meta))
+        checkpoint = save_checkpoint(self.out_dir / name, result.model, meta)
         write_predictions_csv(
-            out_dir / split.name / "predictions.csv",
-            test,
-            labels.class_names,
-            threshold=result.threshold,
-            fold=split.name,
+            self.out_dir / name / "predictions.csv", test, self.class_names, threshold=result.threshold, fold=name
         )
-        all_preds.append((split.name, test, result.threshold))
-        per_fold.append(metrics)
-        _emit(on_event, "fold_end", **metrics)
-    summary = CvSummary(per_fold, summarise_folds(per_fold), out_dir, checkpoints)
-    _write_summary(summary, recipe, splits, all_preds, labels.class_names)
-    return summary
+        _emit(self.on_event, "fold_end", **metrics)
+        return metrics, checkpoint, test, result.threshold
 
 
 def evaluate_checkpoint(
@@ -236,8 +253,8 @@ def _write_summary(
 ) -> None:
     out = summary.out_dir
     payload = {
-        "protocol": "epoch and threshold chosen on a validation split of each training fold; test fold "
-        "used once (the official SAM-MIL code uses validation = test)",
+        "protocol": f"epoch and threshold chosen by train.selection = {recipe.train.selection!r} inside each "
+        "training fold; test fold used once (the official SAM-MIL code uses validation = test)",
         "recipe": to_dict(recipe),
         "folds": summary.folds,
         "mean_std": summary.mean_std,
@@ -245,10 +262,12 @@ def _write_summary(
         "checkpoints": [str(p) for p in summary.checkpoints],
     }
     _write_text(out / "summary.json", json.dumps(payload, indent=2, default=str))
-    columns = ["fold", "best_epoch", "epochs_run", "n", "auc", "accuracy", "f1", "threshold", "loss"]
+    metric_cols = list(SUMMARY_METRICS)
+    columns = ["fold", "selection", "best_epoch", "epochs_run", "n", *metric_cols, "threshold", "threshold_margin"]
     rows = [[f.get(c, "") for c in columns] for f in summary.folds]
-    rows.append(["mean", "", "", "", *[summary.mean_std.get(c, {}).get("mean", "") for c in columns[4:7]], "", ""])
-    rows.append(["std", "", "", "", *[summary.mean_std.get(c, {}).get("std", "") for c in columns[4:7]], "", ""])
+    for stat in ("mean", "std", "sem"):
+        values = [summary.mean_std.get(c, {}).get(stat, "") for c in metric_cols]
+        rows.append([stat, "", "", "", "", *values, "", ""])
     tmp = out / "summary.csv.partial"
     with open(tmp, "w", newline="") as f:
         csv.writer(f).writerows([columns, *rows])
