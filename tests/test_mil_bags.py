@@ -149,12 +149,22 @@ def test_import_bags_then_mil_benchmark_recipe_end_to_end(tmp_path):
     assert ckpt.meta.threshold_rule == "youden"
     assert 0.0 < ckpt.meta.threshold < 1.0
     assert (out / "repeat0_fold0" / "inner1" / "log.csv").exists()
+    fixed = [*args[: args.index("--out") + 1], str(tmp_path / "fixed"), *args[args.index("--out") + 2 :]]
+    fixed += ["--selection", "fixed", "--threshold", "0.5", "--repeats", "1", "--json"]
+    res = runner.invoke(app, fixed)
+    assert res.exit_code == 0, res.output
+    folds = json.loads(res.stdout)["folds"]
+    assert [(f["selection"], f["best_epoch"], f["threshold_rule"]) for f in folds] == [("fixed", 2, "0.5")] * 3
 
 
-def test_fixed_epoch_selection_needs_an_explicit_threshold(tmp_path):
+def test_selection_modes_resolve_and_fixed_needs_an_explicit_threshold():
     from sammil_deploy.mil.config import load_recipe
+    from sammil_deploy.mil.selection import resolve_selection
 
     with pytest.raises(ConfigError, match="--threshold 0.5"):
-        load_recipe(overrides={"train.selection": "fixed"})
-    recipe = load_recipe(overrides={"train.selection": "fixed", "train.threshold": "0.5"})
-    assert recipe.train.threshold == "0.5"
+        resolve_selection(load_recipe(overrides={"train.selection": "fixed"}), 10)
+    fixed = load_recipe(overrides={"train.selection": "fixed", "train.threshold": "0.5"})
+    assert resolve_selection(fixed, 10) == "fixed"
+    auto = load_recipe(overrides={"train.selection": "auto", "train.min_val_bags": 12})
+    assert resolve_selection(auto, 8) == "inner_cv"
+    assert resolve_selection(auto, 12) == "validation"

@@ -243,11 +243,6 @@ class TrainConfig:
         _choice("train", "selection", self.selection, SELECTION_MODES)
         if self.inner_folds < 2:
             raise ConfigError(f"train.inner_folds must be >= 2, got {self.inner_folds}")
-        if self.selection == "fixed" and self.threshold == "youden":
-            raise ConfigError(
-                "train.selection = 'fixed' keeps no held-out bags to choose a Youden threshold on; use "
-                "--threshold 0.5 (or a probability), or --selection inner_cv"
-            )
         _choice("train", "optimizer", self.optimizer, ("adam", "adamw"))
         _choice("train", "schedule", self.schedule, ("cosine", "none"))
         _choice("train", "monitor", self.monitor, ("auc", "loss"))

@@ -53,8 +53,17 @@ class FoldFit:
 
 
 def resolve_selection(recipe: TrainRecipe, n_val: int) -> str:
-    """``auto`` → ``inner_cv`` below ``train.min_val_bags`` validation bags, else ``validation``."""
+    """``auto`` → ``inner_cv`` below ``train.min_val_bags`` validation bags, else ``validation``.
+
+    Raises:
+        ConfigError: ``fixed`` with a Youden threshold on a binary task (no held-out bags to choose it on).
+    """
     cfg = recipe.train
+    if cfg.selection == "fixed" and cfg.threshold == "youden" and recipe.model.n_classes == 2:
+        raise ConfigError(
+            "train.selection = 'fixed' keeps no held-out bags to choose a Youden threshold on; use "
+            "--threshold 0.5 (or a probability), or --selection inner_cv"
+        )
     if cfg.selection != "auto":
         return cfg.selection
     return "inner_cv" if n_val < cfg.min_val_bags else "validation"
