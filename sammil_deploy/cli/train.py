@@ -77,36 +77,9 @@ def train_cmd(
         console=console,
         disable=as_json,
     ) as progress:
-        tasks: dict[str, Any] = {}
-
-        def on_event(kind: str, payload: dict[str, Any]) -> None:
-            if kind == "fold_start":
-                tasks[payload["fold"]] = progress.add_task(
-                    f"{payload['fold']} ({payload['n_train']}/{payload['n_val']}/{payload['n_test']})",
-                    total=payload["epochs"],
-                    status="",
-                )
-            elif kind == "epoch":
-                r = payload["record"]
-                progress.update(
-                    tasks[payload["fold"]],
-                    advance=1,
-                    status=(
-                        f"loss {r.train_loss:.4f}  val loss {r.val_loss:.4f}  val auc {r.val_auc:.4f}"
-                        + (" *" if r.improved else "")
-                    ),
-                )
-            elif kind == "fold_end":
-                task = tasks[payload["fold"]]
-                progress.update(
-                    task,
-                    total=payload["epochs_run"],
-                    completed=payload["epochs_run"],
-                    status=f"test auc {payload['auc']:.4f}  acc {payload['accuracy']:.4f}  "
-                    f"f1 {payload['f1']:.4f}  (best epoch {payload['best_epoch']})",
-                )
-
-        summary = train_cross_validation(features, labels, recipe, out, splits_path=splits, on_event=on_event)
+        summary = train_cross_validation(
+            features, labels, recipe, out, splits_path=splits, on_event=_progress_events(progress)
+        )
     if as_json:
         print_json(
             {
@@ -121,6 +94,40 @@ def train_cmd(
     wide = stdout if stdout.is_terminal else Console(width=160)
     wide.print(summary_table(summary.folds, summary.mean_std))
     stdout.print(f"checkpoints and summary in {summary.out_dir}")
+
+
+def _progress_events(progress: Progress) -> Any:
+    """The ``on_event`` callback of training: one bar per fold, epoch losses, then the fold's test metrics."""
+    tasks: dict[str, Any] = {}
+
+    def on_event(kind: str, payload: dict[str, Any]) -> None:
+        if kind == "fold_start":
+            tasks[payload["fold"]] = progress.add_task(
+                f"{payload['fold']} ({payload['n_train']}/{payload['n_val']}/{payload['n_test']})",
+                total=payload["epochs"],
+                status="",
+            )
+        elif kind == "epoch":
+            r = payload["record"]
+            progress.update(
+                tasks[payload["fold"]],
+                advance=1,
+                status=(
+                    f"loss {r.train_loss:.4f}  val loss {r.val_loss:.4f}  val auc {r.val_auc:.4f}"
+                    + (" *" if r.improved else "")
+                ),
+            )
+        elif kind == "fold_end":
+            task = tasks[payload["fold"]]
+            progress.update(
+                task,
+                total=payload["epochs_run"],
+                completed=payload["epochs_run"],
+                status=f"test auc {payload['auc']:.4f}  acc {payload['accuracy']:.4f}  "
+                f"f1 {payload['f1']:.4f}  (best epoch {payload['best_epoch']})",
+            )
+
+    return on_event
 
 
 def summary_table(folds: list[dict[str, Any]], mean_std: dict[str, dict[str, float]]) -> Table:

@@ -128,15 +128,7 @@ def fit(
         ConfigError: Impossible device, or AUC monitoring with a single-class validation set.
     """
     cfg = recipe.train
-    if len(train_ds) == 0 or (val_ds is not None and len(val_ds) == 0):
-        raise ConfigError("training and validation sets must both be non-empty")
-    if val_ds is None and cfg.threshold == "youden" and recipe.model.n_classes == 2:
-        raise ConfigError("fixed-epoch training has no validation bags for a Youden threshold; use --threshold 0.5")
-    if val_ds is not None and cfg.monitor == "auc" and len(set(val_ds.labels)) < 2:
-        raise ConfigError(
-            "the validation split holds a single class, so AUC is undefined; raise "
-            "data.val_fraction or set train.monitor = 'loss'"
-        )
+    _check_sets(recipe, train_ds, val_ds)
     device = resolve_device(cfg.device)
     with seeded(cfg):
         model = build_model(recipe.model).to(device)
@@ -189,17 +181,36 @@ def fit(
             writer.close()
         model.load_state_dict(best_state)
         model.eval()
-        threshold = None
-        if recipe.model.n_classes == 2:
-            if val_ds is None:
-                threshold = choose_threshold(cfg.threshold, np.zeros(0), np.zeros(0))
-            else:
-                val = predict(model, val_ds, device=device, amp=cfg.amp)
-                threshold = choose_threshold(cfg.threshold, val.labels == 1, val.margins)
+        threshold = _threshold(model, val_ds, recipe, device)
     result = FitResult(model, best_epoch, threshold, history, stopped, val_margins)
     if log_dir is not None:
         write_logs(log_dir, result)
     return result
+
+
+def _check_sets(recipe: TrainRecipe, train_ds: BagDataset, val_ds: BagDataset | None) -> None:
+    cfg = recipe.train
+    if len(train_ds) == 0 or (val_ds is not None and len(val_ds) == 0):
+        raise ConfigError("training and validation sets must both be non-empty")
+    if val_ds is None and cfg.threshold == "youden" and recipe.model.n_classes == 2:
+        raise ConfigError("fixed-epoch training has no validation bags for a Youden threshold; use --threshold 0.5")
+    if val_ds is not None and cfg.monitor == "auc" and len(set(val_ds.labels)) < 2:
+        raise ConfigError(
+            "the validation split holds a single class, so AUC is undefined; raise "
+            "data.val_fraction or set train.monitor = 'loss'"
+        )
+
+
+def _threshold(
+    model: MilHead, val_ds: BagDataset | None, recipe: TrainRecipe, device: torch.device
+) -> Threshold | None:
+    """The binary decision threshold of the selected model (``train.threshold`` on the validation margins)."""
+    if recipe.model.n_classes != 2:
+        return None
+    if val_ds is None:
+        return choose_threshold(recipe.train.threshold, np.zeros(0), np.zeros(0))
+    val = predict(model, val_ds, device=device, amp=recipe.train.amp)
+    return choose_threshold(recipe.train.threshold, val.labels == 1, val.margins)
 
 
 def _optimizer(model: MilHead, cfg: TrainConfig) -> torch.optim.Optimizer:
