@@ -108,7 +108,7 @@ def classical_mil_table(
     bag_size_range: tuple[int, int] = (2, 40),
     n_clusters: int = 10,
     witness_rate: float = 0.2,
-    signal: float = 1.5,
+    signal: float = 4.0,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A MUSK-shaped MIL problem without spatial context: one row per instance.
