@@ -264,7 +264,7 @@ def make_mil_table_cmd(
     bags: Annotated[int, typer.Option(help="Number of bags (balanced labels).")] = 92,
     dim: Annotated[int, typer.Option(help="Instance feature dimension.")] = 166,
     signal: Annotated[
-        float, typer.Option(help="Witness shift along the hidden direction (difficulty; 2.5 is close to chance).")
+        float, typer.Option(help="Witness shift along the hidden direction (difficulty; 2.5 is hard, 4 MUSK-like).")
     ] = 4.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
