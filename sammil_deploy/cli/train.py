@@ -263,9 +263,7 @@ def make_mil_table_cmd(
     out: Annotated[Path, typer.Option(help="CSV to write (bag_id,label,f0..f<D-1>).")],
     bags: Annotated[int, typer.Option(help="Number of bags (balanced labels).")] = 92,
     dim: Annotated[int, typer.Option(help="Instance feature dimension.")] = 166,
-    signal: Annotated[
-        float, typer.Option(help="Witness shift along the hidden direction (difficulty; 2.5 is hard, 4 MUSK-like).")
-    ] = 4.0,
+    signal: Annotated[float, typer.Option(help="Witness shift along the hidden direction (larger is easier).")] = 4.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Write a synthetic MUSK-shaped MIL table (bags of 2-40 instances) to try import-bags and the MIL recipe."""
