@@ -59,3 +59,55 @@ def test_build_profiles_tune_for_the_batches_infer_runs(path):
     assert cfg.sam_decoder_prompts.opt == min(seg.points_per_batch, cfg.sam_decoder_prompts.max)
     assert cfg.sam_encoder_batch.opt == min(crops_per_call, cfg.sam_encoder_batch.max)
     assert cfg.gpu_class == path.stem
+
+
+def test_device_cuda_without_a_gpu_is_one_line_and_names_the_fix():
+    import torch
+
+    from sammil_deploy.errors import ConfigError
+    from sammil_deploy.runtime.devices import check_device
+
+    check_device("cpu")
+    check_device("auto")
+    with pytest.raises(ConfigError, match="use auto, cpu, cuda or cuda:N"):
+        check_device("gpu0")
+    if torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA GPU\\(s\\)"):
+            check_device(f"cuda:{torch.cuda.device_count()}")
+        return
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match="no CUDA GPU is visible") as err:
+            check_device(device)
+        assert "\n" not in str(err.value)
+        assert "--device cpu" in str(err.value)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA GPU is present")
+def test_cli_extract_with_cuda_fails_before_reading_any_slide(monkeypatch, tmp_path, real_slide_path, capsys):
+    import sys
+
+    from sammil_deploy.cli import main
+
+    out = tmp_path / "out"
+    argv = ["sammil-deploy", "extract", str(real_slide_path), "--preset", "bwh_biopsy", "--allow-random-weights"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--device", "cuda", "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --device 'cuda': no CUDA GPU is visible"), err
+    assert not out.exists()  # no partial output
+
+
+def test_bundle_built_for_gpu_is_refused_on_the_cpu_backends_with_the_fix(tmp_path):
+    from sammil_deploy.errors import BackendError
+    from sammil_deploy.pipeline.bundle import BundleArtifact
+    from sammil_deploy.pipeline.models import refuse_gpu_only_part
+
+    plan = BundleArtifact("resnet50", "tensorrt", "fp16", tmp_path / "resnet50_trunc.fp16.plan", "0" * 64)
+    onnx = BundleArtifact("mil", "onnx", "fp32", tmp_path / "mil.fp32.onnx", "1" * 64)
+    with pytest.raises(BackendError, match="built for a GPU.*TensorRT plan \\(fp16 resnet50_trunc.fp16.plan\\)") as err:
+        refuse_gpu_only_part([plan, onnx], "resnet50", "onnxruntime")
+    assert "--backend torch" in str(err.value)
+    refuse_gpu_only_part([plan, onnx], "mil", "onnxruntime")  # has ONNX: the usual lookup decides
+    refuse_gpu_only_part([onnx], "resnet50", "onnxruntime")  # nothing at all: the usual "bundle has no ..." error

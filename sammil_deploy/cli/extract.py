@@ -52,6 +52,7 @@ def extract_cmd(
 ) -> None:
     """Extract features and SAM group features; write <out>/features/<id>.h5 (skips slides already done)."""
     from sammil_deploy.pipeline.extract import extract_slides, load_extract_config
+    from sammil_deploy.runtime.devices import check_device
     from sammil_deploy.slide import find_slides
 
     cfg = load_extract_config(
@@ -75,6 +76,8 @@ def extract_cmd(
             "mpp": mpp,
         },
     )
+    for option, value in (("features.device", cfg.features.device), ("segment.device", cfg.segment.device)):
+        check_device(value, option=option if device is None else "--device")
     slides = find_slides(slide_or_dir)
     if cfg.features.allow_random:
         console.print("[yellow]warning:[/yellow] RANDOM encoder weights (--allow-random-weights): the features are "

@@ -52,6 +52,7 @@ def infer_cmd(
     """Classify slides end to end; write reports/, heatmaps/, geojson/ and summary.csv (resumes finished slides)."""
     from sammil_deploy.pipeline.bundle import load_bundle
     from sammil_deploy.pipeline.infer import collect_slides, load_infer_config, run_slides
+    from sammil_deploy.runtime.devices import check_device
 
     cfg = load_infer_config(
         config,
@@ -64,6 +65,7 @@ def infer_cmd(
             "save_features": save_features or None,
         },
     )
+    check_device(cfg.device)
     paths = collect_slides(slides)
     loaded = load_bundle(bundle)
     if loaded.encoder.get("random_weights"):

@@ -40,6 +40,7 @@ def train_cmd(
     """Train SAM-MIL (or a baseline) with cross-validation: one checkpoint per fold plus a summary."""
     from sammil_deploy.mil.config import load_recipe
     from sammil_deploy.mil.run import train_cross_validation
+    from sammil_deploy.runtime.devices import check_device
 
     recipe = load_recipe(
         config,
@@ -54,6 +55,7 @@ def train_cmd(
             "data.seed": seed,
         },
     )
+    check_device(recipe.train.device, option="--device" if device is not None else "train.device")
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -169,6 +169,11 @@ class OrtBackend(Backend):
                     f"{self.onnx_path}: onnxruntime could not initialise {dropped} (session uses {used}); "
                     f"check the CUDA/TensorRT libraries: {_INSTALL_HINT.get(dropped[0], '')}"
                 )
+        elif [p for p in chosen if p not in used]:  # auto: say which provider it really got, and why not the first
+            log.warning(
+                "onnxruntime %s: %s could not be initialised (e.g. TensorRT's libnvinfer.so.10 not found); using %s",
+                self.onnx_path.name, [p for p in chosen if p not in used], used[0],
+            )  # fmt: skip
         self._session = session
         self.providers = used
         self.device = "cpu" if used[0] == CPU_EP else f"cuda:{self.device_id}"
