@@ -30,7 +30,7 @@ SITE=${SITE:-$OUT_DIR/site}
 
 # name | budget in seconds | command (run with bash -c under timeout; output in logs/<name>.log)
 STEPS=(
-    "install|30|cd '$WHEELS' && sha256sum -c --quiet SHA256SUMS && cd - >/dev/null && $PYTHON -m pip install --no-index --no-deps --no-warn-script-location --target '$SITE' '$WHEELS'/*.whl"
+    "install|30|cd '$WHEELS' && sha256sum -c --quiet SHA256SUMS && cd - >/dev/null && if $PYTHON -m pip --version >/dev/null; then $PYTHON -m pip install --no-index --no-deps --no-warn-script-location --target '$SITE' '$WHEELS'/*.whl; else echo 'no pip: unzipping the wheels'; $PYTHON -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' '$SITE' '$WHEELS'/*.whl; fi"
     "doctor|15|$PYTHON -m sammil_deploy doctor --json > '$OUT_DIR/doctor.json'"
     "gpu-tests|110|$PYTHON -m pytest -v -p no:cacheprovider -m 'gpu or trt' -o addopts='-ra --strict-markers' --junitxml='$OUT_DIR/gpu-tests.xml' tests/"
     "bench-models|90|$PYTHON -m sammil_deploy benchmark --suite benchmarks/gpu/kit-models.toml --out '$OUT_DIR/bench-models.json' --markdown '$OUT_DIR/bench-models.md'"
