@@ -32,10 +32,10 @@ SITE=${SITE:-$OUT_DIR/site}
 STEPS=(
     "install|30|cd '$WHEELS' && sha256sum -c --quiet SHA256SUMS && cd - >/dev/null && if $PYTHON -m pip --version >/dev/null; then $PYTHON -m pip install --no-index --no-deps --no-warn-script-location --target '$SITE' '$WHEELS'/*.whl; else echo 'no pip: unzipping the wheels'; $PYTHON -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' '$SITE' '$WHEELS'/*.whl; fi"
     "doctor|15|$PYTHON -m sammil_deploy doctor --json > '$OUT_DIR/doctor.json'"
-    "gpu-tests|110|$PYTHON -m pytest -v -p no:cacheprovider -m 'gpu or trt' -o addopts='-ra --strict-markers' --junitxml='$OUT_DIR/gpu-tests.xml' tests/"
-    "bench-models|90|$PYTHON -m sammil_deploy benchmark --suite benchmarks/gpu/kit-models.toml --out '$OUT_DIR/bench-models.json' --markdown '$OUT_DIR/bench-models.md'"
+    "gpu-tests|80|$PYTHON -m pytest -v -p no:cacheprovider -m 'gpu or trt' -o addopts='-ra --strict-markers' --junitxml='$OUT_DIR/gpu-tests.xml' tests/"
+    "bench-models|80|$PYTHON -m sammil_deploy benchmark --suite benchmarks/gpu/kit-models.toml --out '$OUT_DIR/bench-models.json' --markdown '$OUT_DIR/bench-models.md'"
     "bench-maskgen|55|$PYTHON -m sammil_deploy benchmark --suite benchmarks/gpu/kit-maskgen.toml --out '$OUT_DIR/bench-maskgen.json' --markdown '$OUT_DIR/bench-maskgen.md'"
-    "e2e-infer|160|$PYTHON benchmarks/gpu/e2e.py --out '$OUT_DIR/e2e' --width-px 40000 --height-px 32000 --deadline-s 145"
+    "e2e-infer|200|$PYTHON benchmarks/gpu/e2e.py --out '$OUT_DIR/e2e' --width-px 40000 --height-px 32000 --deadline-s 185"
     "report|10|$PYTHON benchmarks/gpu/report.py '$OUT_DIR'"
 )
 
