@@ -224,3 +224,22 @@ def test_summary_csv_is_what_the_report_reads(tmp_path):
     with open(tmp_path / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert {"slide_id", "status", "error_type", "detail"} <= set(rows[0])
+
+
+def test_segment_overlay_colours_segments_and_draws_their_borders():
+    from sammil_deploy.viz.report_assets import NO_SEGMENT_RGB, segment_colours, segment_overlay
+
+    white = np.full((40, 60, 3), 255, np.uint8)
+    coords = np.array([[0, 0], [200, 0], [400, 0], [0, 200]])  # level 0; the thumbnail is 10x smaller
+    segments = np.array([3, 3, 7, -1])
+    image = segment_overlay(white, (600, 400), coords, 200, segments)
+    colours = segment_colours(segments)
+    assert (colours[0] == colours[1]).all()
+    assert (colours[0] != colours[2]).any()
+    assert tuple(colours[3]) == NO_SEGMENT_RGB
+    blend = np.round(0.5 * 255 + 0.5 * colours.astype(float)).astype(np.uint8)
+    for i, (x, y) in enumerate([(5, 5), (25, 5), (45, 5), (5, 25)]):  # patch centres, inside the borders
+        assert (image[y, x] == blend[i]).all(), i
+    assert (image[20, 5] == (20, 20, 20)).all()  # a border: segment 3 above, no segment below
+    assert (image[5, 20] != (20, 20, 20)).any()  # none inside one segment (patches 0 and 1)
+    assert (image[35, 55] == 255).all()  # no patch there: untouched

@@ -128,6 +128,7 @@ def render_summary(summary: BatchSummary[SlideResult], out: Path, class_names: t
         )
     console.print(table)
     console.print(f"summary: {out / 'summary.csv'}", highlight=False)
+    console.print(f"report: {out / 'report.html'}", highlight=False)
     for record in summary.failed:
         console.print(f"[red]error:[/red] {record.detail}", highlight=False, soft_wrap=True)
 

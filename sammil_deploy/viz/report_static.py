@@ -71,7 +71,10 @@ table.slides img.thumb { height: 48px; max-width: 72px; object-fit: contain; bor
 .label.neg { color: var(--neg); }
 .pbar { display: inline-block; width: 60px; height: 6px; background: #e6eaef; border-radius: 3px;
   margin-left: 8px; vertical-align: middle; position: relative; overflow: hidden; }
-.pbar b { position: absolute; left: 0; top: 0; bottom: 0; background: var(--accent); }
+.pbar { overflow: visible; }
+.pbar b { position: absolute; left: 0; top: 0; bottom: 0; background: var(--neg); border-radius: 3px; }
+.pbar.pos b { background: var(--pos); }
+.pbar i { position: absolute; top: -3px; bottom: -3px; width: 2px; margin-left: -1px; background: #15263f; }
 .err { color: var(--fail); font-size: 12px; max-width: 420px; }
 .mono { font-family: var(--mono); font-size: 12px; }
 .pager { display: flex; gap: 6px; align-items: center; justify-content: flex-end; margin-top: 10px; }
@@ -175,8 +178,13 @@ JS = r"""
       td.className = "num";
       if (typeof v === "number") {
         td.appendChild(document.createTextNode(v.toFixed(3)));
-        var bar = el("span", { cls: "pbar" }, [el("b")]);
+        var bar = el("span", { cls: "pbar" + (r.label === positive ? " pos" : "") }, [el("b")]);
         bar.firstChild.style.width = (100 * Math.max(0, Math.min(1, v))) + "%";
+        if (typeof r.threshold === "number") {  // a tick at the decision threshold
+          var tick = el("i", { title: "threshold " + r.threshold });
+          tick.style.left = (100 * r.threshold) + "%";
+          bar.appendChild(tick);
+        }
         td.appendChild(bar);
       }
     } else if (c.key === "status") td.appendChild(el("span", { cls: "badge " + v, text: v }));
