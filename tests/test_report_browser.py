@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from sammil_deploy.viz.browser import HeadlessChromium, find_chromium
@@ -48,8 +49,10 @@ def infer_run(tmp_path_factory, random_resnet_weights) -> tuple[Path, list[Path]
     meta = make_meta(ModelConfig(in_dim=1024), class_names=("normal", "tumor"), group_tokens=True,
                      feature_extractor="resnet50_trunc", threshold=0.5)  # fmt: skip
     checkpoint = save_checkpoint(root / "ckpt" / "fold0", model, meta)
+    weights = root / "resnet50_trunc_RANDOM.safetensors"  # marked as the demo marks its random encoder
+    save_file(load_file(random_resnet_weights), weights, metadata={"random_weights": "true"})
     preprocess = load_extract_config(
-        preset="bwh_biopsy", overrides={"features.weights": random_resnet_weights, "segment.segmenter": "fallback"}
+        preset="bwh_biopsy", overrides={"features.weights": weights, "segment.segmenter": "fallback"}
     )
     bundle = root / "bundle"
     make_bundle(bundle, checkpoint, None, preprocess)
@@ -84,6 +87,7 @@ def test_infer_writes_the_page_and_its_pictures(infer_run):
             assert f'"{rel}"' in html  # linked relative to the page
         assert Image.open(out / assets["crops"][0]).size == (CROP_SIDE_PX, CROP_SIDE_PX)
         assert report["machine"]["hardware"]
+        assert report["bundle"]["encoder_random_weights"]  # the bundle read the weights' metadata
     assert '"id":"corrupt"' in html
     assert "UnsupportedSlideError" in html
     assert not list(out.rglob("*.partial"))
@@ -120,6 +124,8 @@ def test_page_in_headless_chromium(infer_run, tmp_path):
     with HeadlessChromium(width_px=1400, height_px=1000) as browser:
         browser.open(out / "report.html", ready=READY)
         assert set(browser.evaluate(ROW_IDS)) == expected_ids  # the table has every slide
+        warning = browser.evaluate("document.getElementById('random-weights-warning').innerText")
+        assert "Random encoder weights" in warning
         failed_row = browser.evaluate("document.querySelector('tr.row[data-id=corrupt]').innerText")
         assert "UnsupportedSlideError" in failed_row
 

@@ -210,6 +210,8 @@ def run_settings(reports: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
         ("Bundle", "checkpoint sha256"): ("bundle", "checkpoint_sha256"),
         ("Bundle", "classes"): ("bundle", "class_names"),
         ("Bundle", "threshold"): ("prediction", "threshold"),
+        ("Bundle", "threshold margin"): ("prediction", "threshold_margin"),
+        ("Bundle", "threshold rule"): ("prediction", "threshold_rule"),
         ("Bundle", "decision"): ("prediction", "decision"),
         ("Bundle", "exported parts"): ("bundle", "artifacts"),
         ("Bundle", "built with"): ("bundle", "built_with"),

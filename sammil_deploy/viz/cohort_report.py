@@ -163,7 +163,7 @@ def _histogram(run: CohortRun) -> str:
     rows = [r for r in run.rows if isinstance(r.get("p"), (int, float))]
     if not rows:
         return '<p class="muted">No classified slides.</p>'
-    w, h, pad = 600, 150, 18
+    w, h, pad = 600, 130, 18
     bins: list[list[dict[str, Any]]] = [[] for _ in range(HIST_BINS)]
     for r in rows:
         bins[min(HIST_BINS - 1, int(float(r["p"]) * HIST_BINS))].append(r)

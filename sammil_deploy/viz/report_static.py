@@ -56,13 +56,14 @@ table.slides th.sortable { cursor: pointer; }
 table.slides th.sortable:hover { background: #e2e8f1; }
 table.slides th .arrow { color: var(--accent); margin-left: 4px; }
 table.slides td { padding: 6px 8px; border-bottom: 1px solid #edf0f3; vertical-align: middle; }
-table.slides td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.slides td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 table.slides tr.row { cursor: pointer; }
 table.slides tr.row:hover td { background: #f6f9fd; }
 table.slides tr.row.open td { background: #eef4fc; }
 table.slides img.thumb { height: 48px; max-width: 72px; object-fit: contain; border-radius: 3px;
   background: #f0f0f0; display: block; }
-.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; }
+.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600;
+  white-space: nowrap; }
 .badge.done { background: #e3f4ea; color: #176c45; }
 .badge.skipped { background: #e8eef6; color: #3b5a85; }
 .badge.failed { background: #fbe4e2; color: var(--fail); }
@@ -82,15 +83,17 @@ table.slides img.thumb { height: 48px; max-width: 72px; object-fit: contain; bor
   cursor: pointer; }
 .pager button:disabled { opacity: .45; cursor: default; }
 tr.detail > td { background: #fafbfd; padding: 14px 16px 18px; }
-.detail-grid { display: grid; grid-template-columns: minmax(260px, 360px) minmax(260px, 360px) 1fr; gap: 16px; }
-@media (max-width: 1100px) { .detail-grid { grid-template-columns: 1fr 1fr; } }
+.detail-grid { display: grid; grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); gap: 20px; }
+.views { display: grid; grid-template-columns: 1fr 1fr; gap: 12px; margin-bottom: 8px; }
+@media (max-width: 1000px) { .detail-grid { grid-template-columns: 1fr; } }
+.detail h4 { margin: 4px 0 8px; font-size: 13px; }
 figure { margin: 0; }
 figure img.view { width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; background: #fff; }
 figcaption { color: var(--muted); font-size: 12px; margin-top: 4px; }
 .ramp { display: inline-block; width: 90px; height: 8px; border-radius: 2px; vertical-align: middle;
   background: linear-gradient(90deg, #00007f, #0000ff, #007fff, #00ffff, #7fff7f, #ffff00, #ff7f00, #ff0000,
   #7f0000); }
-.crops { display: grid; grid-template-columns: repeat(auto-fill, minmax(104px, 1fr)); gap: 8px; }
+.crops { display: grid; grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)); gap: 8px; }
 .crops figure img { width: 100%; aspect-ratio: 1; object-fit: cover; border-radius: 4px;
   border: 1px solid var(--line); }
 .crops figcaption { font-family: var(--mono); font-size: 11px; line-height: 1.3; }
@@ -127,6 +130,7 @@ JS = r"""
     { key: "error", title: "Error", type: "text" }
   ];
   var DIGITS = { threshold: 3, seconds: 2, pps: 1 };
+  var STATUS_TEXT = { skipped: "done earlier" };
   var $ = function (id) { return document.getElementById(id); };
 
   function el(tag, attrs, children) {
@@ -187,7 +191,10 @@ JS = r"""
         }
         td.appendChild(bar);
       }
-    } else if (c.key === "status") td.appendChild(el("span", { cls: "badge " + v, text: v }));
+    } else if (c.key === "status") {
+      td.appendChild(el("span", { cls: "badge " + v, text: STATUS_TEXT[v] || v,
+        title: v === "skipped" ? "finished by an earlier run of this folder (resumed)" : v }));
+    }
     else if (c.key === "error") { td.className = "err"; td.textContent = v || ""; }
     else if (c.type === "num") {
       td.className = "num";
@@ -228,7 +235,8 @@ JS = r"""
     var crops = el("div", { cls: "crops" });
     r.top.forEach(function (t, i) {
       if (!t[4]) return;
-      var cap = "#" + (i + 1) + " (" + t[0] + ", " + t[1] + ")\nattn " + fmt(t[2], 4) + " · seg " + t[3];
+      var cap = "#" + (i + 1) + " (" + t[0] + ", " + t[1] + ")\nattention " + fmt(t[2], 4) + "\nsegment " +
+        (t[3] === -1 ? "none" : t[3]);
       var fig = el("figure", { title: "level-0 top-left x, y" }, [image(t[4], "top patch " + (i + 1), ""),
         el("figcaption", { text: cap })]);
       fig.lastChild.style.whiteSpace = "pre-line";
@@ -248,9 +256,10 @@ JS = r"""
     [["JSON report", r.json], ["GeoJSON (QuPath)", r.geojson], ["full heatmap", r.heatmap]].forEach(function (l) {
       if (l[1]) links.appendChild(el("a", { href: l[1], text: l[0] }));
     });
-    var side = el("div", {}, [el("h4", { text: "Top attention patches (level-0 x, y)" }), crops,
+    var left = el("div", {}, [el("div", { cls: "views" }, [views, segs]),
       el("h4", { text: "Time per stage (" + fmt(r.seconds, 2) + " s)" }), stageBar(r.stages), facts, links]);
-    td.appendChild(el("div", { cls: "detail-grid" }, [views, segs, side]));
+    var right = el("div", {}, [el("h4", { text: "Top attention patches (level-0 x, y)" }), crops]);
+    td.appendChild(el("div", { cls: "detail-grid" }, [left, right]));
     return el("tr", { cls: "detail" }, [td]);
   }
   function render() {
