@@ -199,3 +199,18 @@ def test_thousand_slides_page_filters_pages_and_sorts(tmp_path):
         assert len(ps) == 1005
         assert ps[:1000] == sorted(ps[:1000], reverse=True)
         assert ps[1000:] == [None] * 5
+
+
+@needs_browser
+def test_report_command_saves_a_screenshot(infer_run, tmp_path):
+    from sammil_deploy.cli import app
+
+    out, _ = infer_run
+    png = tmp_path / "shot.png"
+    result = CliRunner().invoke(app, ["report", str(out), "--screenshot", str(png), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"report": str(out / "report.html"), "screenshot": str(png)}
+    with Image.open(png) as image:
+        assert image.size == (1440, 900)
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.std() > 10  # a rendered page, not a blank one

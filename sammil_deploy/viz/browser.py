@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +22,7 @@ from typing import Any
 
 from sammil_deploy.errors import MissingDependencyError, SammilError
 
+REPLY_TIMEOUT_S = 60.0
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = (
     "--headless",
@@ -139,6 +141,9 @@ class HeadlessChromium:
 
     def _read_message(self) -> dict[str, Any]:
         while b"\0" not in self._buffer:
+            ready, _, _ = select.select([self._from_browser], [], [], REPLY_TIMEOUT_S)
+            if not ready:
+                raise BrowserError(f"Chromium did not answer within {REPLY_TIMEOUT_S} s ({self.executable})")
             chunk = os.read(self._from_browser, 1 << 20)
             if not chunk:
                 raise BrowserError("Chromium closed the DevTools pipe (it crashed or was killed)")
