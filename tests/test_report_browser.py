@@ -70,6 +70,7 @@ def infer_run(tmp_path_factory, random_resnet_weights) -> tuple[Path, list[Path]
             "--device", "cpu", "--num-workers", "0", "--batch-size", "8", "--json"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output  # the corrupt slide fails, the others go on
+    assert json.loads(result.stdout)["report"] == str(out / "report.html")
     return out, slides
 
 

@@ -88,7 +88,7 @@ def infer_cmd(
 
     if as_json:
         summary = run(None, None)
-        print_json({"out": str(out), **summary.to_dict()})
+        print_json({"out": str(out), "report": str(out / "report.html"), **summary.to_dict()})
         raise typer.Exit(code=0 if summary.all_succeeded else 1)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
