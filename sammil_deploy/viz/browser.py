@@ -166,15 +166,21 @@ class HeadlessChromium:
         self.wait_for(ready, timeout_s=timeout_s)
 
     def wait_for(self, expression: str, *, timeout_s: float = 30.0) -> None:
-        """Poll the JS expression until it is truthy.
+        """Poll the JS expression until it is truthy (a script error counts as not yet: the page may be loading).
 
         Raises:
-            BrowserError: Still false after ``timeout_s``.
+            BrowserError: Still false (or failing) after ``timeout_s``.
         """
         deadline = time.monotonic() + timeout_s
-        while not self.evaluate(f"Boolean({expression})"):
+        while True:
+            try:
+                if self.evaluate(f"Boolean({expression})"):
+                    return
+                last = "false"
+            except BrowserError as err:
+                last = str(err)
             if time.monotonic() > deadline:
-                raise BrowserError(f"timed out after {timeout_s} s waiting for {expression}")
+                raise BrowserError(f"timed out after {timeout_s} s waiting for {expression} (last: {last})")
             time.sleep(0.05)
 
     def evaluate(self, expression: str) -> Any:

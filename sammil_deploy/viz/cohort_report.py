@@ -90,7 +90,8 @@ sammil-deploy {esc(__version__)}</span></header>
 <option value="50" selected>50 per page</option><option value="100">100 per page</option>
 <option value="250">250 per page</option><option value="0">all</option></select>
 <span class="count" id="count"></span></div>
-<table class="slides"><thead><tr id="slide-head"></tr></thead><tbody id="slide-rows"></tbody></table>
+<div class="table-wrap"><table class="slides"><thead><tr id="slide-head"></tr></thead>
+<tbody id="slide-rows"></tbody></table></div>
 <div class="pager"><button id="prev" type="button">← previous</button><span id="page" class="muted"></span>
 <button id="next" type="button">next →</button></div>
 <p class="muted">Click a row for its attention map, segments, top-attention patches, stage times and files.</p>

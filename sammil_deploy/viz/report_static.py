@@ -50,6 +50,8 @@ details.settings summary { cursor: pointer; font-weight: 600; font-size: 15px; }
 .toolbar input { min-width: 240px; }
 .toolbar .count { color: var(--muted); margin-left: auto; }
 table.slides { width: 100%; border-collapse: collapse; font-size: 13px; }
+/* Narrow windows scroll the table sideways (wide ones keep the page-sticky header). */
+@media (max-width: 1100px) { .table-wrap { overflow-x: auto; } }
 table.slides th { position: sticky; top: 0; background: #eef2f7; text-align: left; font-weight: 600;
   padding: 7px 8px; border-bottom: 1px solid var(--line); white-space: nowrap; user-select: none; z-index: 1; }
 table.slides th.sortable { cursor: pointer; }
