@@ -14,6 +14,7 @@ from sammil_deploy.cli import (
     infer,  # noqa: F401  (infer, make-bundle)
     info,  # noqa: F401  (registers commands)
     preprocess,  # noqa: F401
+    report,  # noqa: F401  (report: the cohort page)
     train,  # noqa: F401  (train, evaluate, import-checkpoint)
 )
 from sammil_deploy.cli.app import State, app, console

@@ -61,4 +61,6 @@ def demo_cmd(
         out.print(f"held-out {slide} (label {pred['label']}): {shown}")
     if m.get("torch_vs_onnxruntime_max_prob_diff") is not None:
         out.print(f"torch vs onnxruntime: max probability difference {m['torch_vs_onnxruntime_max_prob_diff']:.2e}")
+    for backend, page in m.get("cohort_reports", {}).items():
+        out.print(f"cohort report ({backend}): {page}", highlight=False, soft_wrap=True)
     out.print(f"summary: {result.out_dir / 'demo_summary.json'}")

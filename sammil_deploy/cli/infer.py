@@ -90,7 +90,7 @@ def infer_cmd(
 
     if as_json:
         summary = run(None, None)
-        print_json({"out": str(out), **summary.to_dict()})
+        print_json({"out": str(out), "report": str(out / "report.html"), **summary.to_dict()})
         raise typer.Exit(code=0 if summary.all_succeeded else 1)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -130,6 +130,7 @@ def render_summary(summary: BatchSummary[SlideResult], out: Path, class_names: t
         )
     console.print(table)
     console.print(f"summary: {out / 'summary.csv'}", highlight=False)
+    console.print(f"report: {out / 'report.html'}", highlight=False)
     for record in summary.failed:
         console.print(f"[red]error:[/red] {record.detail}", highlight=False, soft_wrap=True)
 

@@ -272,9 +272,19 @@ def _bundle_encoder(preprocess: SlideExtractConfig, tmp: Path, add: Any) -> tupl
         encoder = create_encoder(feats.encoder, weights=src)  # so weights_sha256 names the saved file
     meta = encoder.meta.to_dict()
     meta.pop("weights_source")
-    meta["random_weights"] = feats.weights is None
+    meta["random_weights"] = feats.weights is None or _marked_random(Path(feats.weights))
     meta["interpolation"] = feats.interpolation or encoder.interpolation
     return meta, rel
+
+
+def _marked_random(weights: Path) -> bool:
+    """Whether a ``.safetensors`` file's metadata says ``random_weights`` (the demo's calibrated random encoder)."""
+    if weights.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        return (f.metadata() or {}).get("random_weights") == "true"
 
 
 def _collect_artifacts(export_dir: Path, add: Any) -> list[dict[str, Any]]:

@@ -239,7 +239,8 @@ def _random_encoder(path: Path, seed: int, calibration_slides: list[Path], extra
             encoder = create_encoder("resnet50_trunc", allow_random=True)
         _calibrate_batchnorm(encoder, calibration_slides, extract_cfg)
         tmp = path.with_name(path.name + ".partial")
-        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
+        state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
+        save_file(state, str(tmp), metadata={"random_weights": "true"})  # bundles and reports say so
         os.replace(tmp, path)
     return path
 
@@ -348,6 +349,7 @@ def _infer(
 ) -> None:
     from sammil_deploy.pipeline.bundle import load_bundle
     from sammil_deploy.pipeline.infer import InferConfig, output_path, run_slides
+    from sammil_deploy.viz.cohort_report import REPORT_NAME, write_cohort_report
 
     bundle = load_bundle(out_dir / "bundle")
     predictions: dict[str, dict[str, Any]] = {}
@@ -368,8 +370,12 @@ def _infer(
             done,
             say,
             lambda c=infer_cfg, f=folder: run_slides(slides, bundle, c, f, overwrite=True, continue_on_error=False),
-            {"reports": folder / "reports", "heatmaps": folder / "heatmaps", "summary": folder / "summary.csv"},
-        )
+            {"reports": folder / "reports", "heatmaps": folder / "heatmaps", "summary": folder / "summary.csv",
+             "report_html": folder / REPORT_NAME},
+        )  # fmt: skip
+        if not (folder / REPORT_NAME).is_file():  # a demo folder from before the cohort page existed
+            write_cohort_report(folder)
+        result.metrics.setdefault("cohort_reports", {})[backend] = str(folder / REPORT_NAME)
         for slide in slides:
             report = json.loads(output_path(folder, slide, "report").read_text())
             predictions.setdefault(slide.stem, {"label": labels[slide.stem]})[backend] = report["prediction"]

@@ -324,10 +324,13 @@ def record_dict(record: SlideRecord[SlideResult], out_dir: Path) -> dict[str, An
 
 
 def write_summary(out_dir: Path, records: list[dict[str, Any]], class_names: tuple[str, ...]) -> Path:
-    """``<out>/summary.csv`` from :func:`record_dict` entries."""
+    """``<out>/summary.csv`` from :func:`record_dict` entries, then the cohort page ``<out>/report.html`` from it."""
     from sammil_deploy.pipeline.report import SUMMARY_NAME, summary_rows, write_summary_csv
+    from sammil_deploy.viz.cohort_report import write_cohort_report
 
-    return write_summary_csv(Path(out_dir) / SUMMARY_NAME, summary_rows(records, class_names), class_names)
+    path = write_summary_csv(Path(out_dir) / SUMMARY_NAME, summary_rows(records, class_names), class_names)
+    write_cohort_report(out_dir)
+    return path
 
 
 def config_snapshot(bundle: Bundle, cfg: InferConfig) -> dict[str, Any]:

@@ -65,6 +65,7 @@ def write_outputs(
     from sammil_deploy.pipeline.stages import bag_attrs
     from sammil_deploy.viz.heatmap import render_heatmap, scale_attention
     from sammil_deploy.viz.preview import write_png
+    from sammil_deploy.viz.report_assets import machine_summary, write_report_assets
 
     outputs_start = time.perf_counter()
     info = reader.info
@@ -95,6 +96,11 @@ def write_outputs(
             context.segment_id, context.segment_area_px, slide_id=info.slide_id,
         )  # fmt: skip
         written.append(write_geojson(paths["geojson"], tiles))
+        assets, asset_files = write_report_assets(
+            out_dir, reader, thumbnail, grid.coords_level0_xy, grid.patch_size_level0_px, display,
+            context.segment_id, report["attention"]["top_patches"],
+        )  # fmt: skip
+        written.extend(asset_files)
         if cfg.save_features:
             attrs = bag_attrs(
                 encoder_meta={**bundle.encoder, "weights_source": str(bundle.encoder_weights)},
@@ -118,6 +124,8 @@ def write_outputs(
         }
         report["config"] = config_snapshot(bundle, cfg)
         report["outputs"] = {k: str(p.relative_to(out_dir)) for k, p in paths.items() if k != "report"}
+        report["report_assets"] = assets  # pictures for the cohort report.html
+        report["machine"] = machine_summary()
         write_json_atomic(paths["report"], report)  # last: marks the slide done
     except BaseException:
         for done in written:

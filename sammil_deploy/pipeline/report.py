@@ -19,8 +19,8 @@ from sammil_deploy.errors import ConfigError
 
 REPORT_SCHEMA_VERSION = 1
 SUMMARY_NAME = "summary.csv"
-# Entries that differ between two runs on the same inputs (wall times, host-specific paths).
-VOLATILE_KEYS = ("timings_s", "seconds", "patches_per_s", "created")
+# Entries that differ between two runs on the same inputs (wall times, host-specific paths, the machine).
+VOLATILE_KEYS = ("timings_s", "seconds", "patches_per_s", "created", "machine")
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
