@@ -48,12 +48,16 @@ class InferWorker:
         from sammil_deploy.pipeline.bundle import load_bundle
         from sammil_deploy.pipeline.models import load_models
 
-        self.bundle = load_bundle(Path(bundle_dir))
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.lock_stale_s = lock_stale_s
-        self.models = load_models(self.bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
-                                  intra_op_threads=cfg.intra_op_threads)  # fmt: skip
+        self.init_error: SammilError | None = None
+        try:  # kept for ready(): a constructor that raises would be retried by Ray, and its message is lost
+            self.bundle = load_bundle(Path(bundle_dir))
+            self.models = load_models(self.bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
+                                      intra_op_threads=cfg.intra_op_threads)  # fmt: skip
+        except SammilError as err:
+            self.init_error = err
 
     def run(self, slide: str) -> tuple[str, str, float, SlideResult | None, str | None, str | None]:
         """``(slide, status, seconds, result, error_type, detail)``; SammilErrors become ``failed`` records.
@@ -73,15 +77,18 @@ class InferWorker:
                 return slide, "failed", time.perf_counter() - start, None, type(err).__name__, str(err)
         return slide, "done", time.perf_counter() - start, result, None, None
 
-    def pid(self) -> int:
-        """The worker's process id (tests kill it)."""
-        import os
+    def ready(self) -> str:
+        """The Ray node id this worker runs on; raises the SammilError that stopped its networks loading."""
+        import ray
 
-        return os.getpid()
+        if self.init_error is not None:
+            raise self.init_error
+        return ray.get_runtime_context().get_node_id()
 
     def close(self) -> None:
         """Release the networks."""
-        self.models.close()
+        if self.init_error is None:
+            self.models.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +237,20 @@ def _dispatch(
             ray.kill(actor, no_restart=True)
 
 
+def _ready(ray: Any, actors: list[Any]) -> list[str]:
+    """Each actor's node id, once its networks are loaded; a SammilError of loading is raised as itself."""
+    from ray.exceptions import RayTaskError
+
+    try:
+        nodes = ray.get([actor.ready.remote() for actor in actors])
+    except RayTaskError as err:
+        if isinstance(err.cause, SammilError):
+            raise err.cause from None
+        raise
+    log.info("ray: workers on nodes %s", nodes)
+    return nodes
+
+
 def _stream(
     ray: Any, actors: list[Any], todo: list[Path], faults: FaultPolicy, emit: Callable[[SlideRecord[Any]], None]
 ) -> None:
@@ -244,6 +265,7 @@ def _stream(
     deaths = dict.fromkeys(range(len(actors)), 0)
     attempts = dict.fromkeys(todo, 0)
     in_flight: dict[Any, tuple[int, Path]] = {}
+    nodes = _ready(ray, actors)
     while queue or in_flight:
         while queue and idle:
             actor = idle.pop()
@@ -272,5 +294,6 @@ def _stream(
                                  detail=f"{reason} {attempts[slide]} times; not retried again"))  # fmt: skip
             continue
         idle.append(actors[index])
+        log.info("ray: %s %s on worker %d, node %s", Path(slide_str).name, status, index, nodes[index])
         emit(SlideRecord(Path(slide_str), status, seconds=seconds, result=result, error_type=error_type,
                          detail=detail))  # type: ignore[arg-type]  # fmt: skip

@@ -1,0 +1,190 @@
+# ruff: noqa: F811  (fixtures imported from test_infer are redefined as parameters)
+"""Ray cohorts survive a dead worker, run across two nodes, and never ask for more GPUs than the cluster has.
+
+The kill tests SIGKILL a real ``ray::InferWorker.run`` process mid-slide; the two-node test starts a head and a
+second node with ``ray start --block`` (each in its own process group, torn down by pid). Small synthetic
+slides, one CPU per actor; heavy enough to be marked slow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed (extra 'ray')")
+
+from test_infer import (  # noqa: E402  (the bundle, slides and clean run of the inference tests)
+    CFG,
+    _same_outputs,
+    bundle_dir,  # noqa: F401
+    checkpoint_1024,  # noqa: F401
+    cohort_full,  # noqa: F401
+    export_dir,  # noqa: F401
+    small_slides,  # noqa: F401
+)
+
+from sammil_deploy.errors import ConfigError  # noqa: E402
+from sammil_deploy.pipeline.distributed import FaultPolicy, plan_workers, run_slides_ray  # noqa: E402
+from sammil_deploy.pipeline.infer import InferConfig, output_path  # noqa: E402
+
+LOCAL = {"num_cpus": 2, "log_to_driver": False, "object_store_memory": 100 * 2**20}
+
+
+def test_gpu_workers_are_capped_at_the_clusters_gpu_count():
+    import ray
+
+    ray.init(num_cpus=1, num_gpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=80 * 2**20)
+    try:
+        resources = ray.cluster_resources()  # a CPU machine that says it has two GPUs
+        assert plan_workers(resources, "cuda", 4, 10) == (2, True)
+        assert plan_workers(resources, "auto", None, 10) == (2, True)
+        assert plan_workers(resources, "cuda", 4, 1) == (1, True)
+        assert plan_workers(resources, "cpu", 4, 10) == (4, False)
+    finally:
+        ray.shutdown()
+    with pytest.raises(ConfigError, match="no GPU"):
+        plan_workers({"CPU": 2.0}, "cuda", 2, 3)
+
+
+class _Killer(threading.Thread):
+    """SIGKILLs the first Ray worker seen running ``InferWorker.run`` (its process title while on a slide)."""
+
+    def __init__(self, kills: int = 1) -> None:
+        super().__init__(daemon=True)
+        self.kills, self.killed, self.stop = kills, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and len(self.killed) < self.kills:
+            for pid in _pids_titled("ray::InferWorker.run"):
+                time.sleep(1.0)  # well into the slide
+                if pid in _pids_titled("ray::InferWorker.run"):  # still on it
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed.append(pid)
+                break
+            time.sleep(0.2)
+
+
+def _pids_titled(prefix: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith(prefix):
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_killed_worker_is_restarted_and_its_slide_retried(bundle_dir, small_slides, cohort_full, tmp_path, caplog):
+    cfg = InferConfig(backend="onnxruntime", **CFG)
+    killer = _Killer()
+    killer.start()
+    with caplog.at_level(logging.WARNING, logger="sammil_deploy.pipeline.distributed"):
+        summary = run_slides_ray(small_slides, bundle_dir, cfg, tmp_path, workers=2, init_kwargs=LOCAL)
+    killer.stop.set()
+    assert len(killer.killed) == 1, "no worker was caught mid-slide"
+    assert "died on" in caplog.text
+    assert [r.status for r in summary.records] == ["done"] * 3
+    _same_outputs(cohort_full, tmp_path, small_slides)
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".partial", ".lock"))]
+
+
+@pytest.mark.slow
+def test_slide_out_of_retries_is_failed_with_the_reason_and_the_cohort_goes_on(bundle_dir, small_slides, tmp_path):
+    cfg = InferConfig(backend="onnxruntime", **CFG)
+    killer = _Killer()
+    killer.start()
+    faults = FaultPolicy(max_restarts=0, max_retries=0)  # the killed worker is gone and its slide not retried
+    summary = run_slides_ray(small_slides, bundle_dir, cfg, tmp_path, workers=2, init_kwargs=LOCAL, faults=faults)
+    killer.stop.set()
+    assert len(killer.killed) == 1
+    statuses = [r.status for r in summary.records]
+    assert sorted(statuses) == ["done", "done", "failed"]
+    failed = summary.failed[0]
+    assert failed.error_type == "WorkerError"
+    assert "Ray worker died while processing it" in failed.detail
+    assert not output_path(tmp_path, failed.slide, "report").exists()
+    rows = (tmp_path / "summary.csv").read_text()
+    assert "WorkerError" in rows
+    # the driver's rerun (what a user does after any fault) finishes the cohort
+    again = run_slides_ray(small_slides, bundle_dir, cfg, tmp_path, workers=1, init_kwargs=LOCAL)
+    assert sorted(r.status for r in again.records) == ["done", "skipped", "skipped"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_node(args: list[str], log: Path) -> subprocess.Popen:
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    return subprocess.Popen(
+        [ray_cli, "start", "--block", "--disable-usage-stats", "--num-cpus=1", "--num-gpus=0",
+         "--object-store-memory=80000000", *args],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # ray start --block stops the processes it started
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_two_node_cluster_on_one_machine_runs_a_cohort_across_both(
+    bundle_dir, small_slides, cohort_full, tmp_path, caplog
+):
+    port = _free_port()
+    temp_dir = Path("/tmp") / f"ray_i14_{os.getpid()}"  # ray's socket paths must stay short
+    head = _ray_node(["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}",
+                      "--resources={\"head\": 1}"], tmp_path / "head.log")  # fmt: skip
+    nodes = [head]
+    try:
+        deadline = time.time() + 60
+        while b"Ray runtime started" not in (tmp_path / "head.log").read_bytes():
+            assert head.poll() is None, (tmp_path / "head.log").read_text()
+            assert time.time() < deadline, (tmp_path / "head.log").read_text()
+            time.sleep(0.5)
+        nodes.append(_ray_node([f"--address=127.0.0.1:{port}", '--resources={"second": 1}'], tmp_path / "n2.log"))
+        import ray
+
+        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
+        try:
+            deadline = time.time() + 60
+            while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+                assert time.time() < deadline, (tmp_path / "n2.log").read_text()
+                time.sleep(0.5)
+            cfg = InferConfig(backend="onnxruntime", **CFG)
+            with caplog.at_level(logging.INFO, logger="sammil_deploy.pipeline.distributed"):
+                summary = run_slides_ray(small_slides, bundle_dir, cfg, tmp_path / "out", workers=2)
+        finally:
+            ray.shutdown()
+        assert [r.status for r in summary.records] == ["done"] * 3
+        used = set(re.findall(r"on worker \d+, node (\w+)", caplog.text))
+        assert len(used) == 2, caplog.text  # slides ran on both nodes
+        _same_outputs(cohort_full, tmp_path / "out", small_slides)
+    finally:
+        for proc in reversed(nodes):
+            _stop(proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)
