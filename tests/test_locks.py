@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_small_slides
 from PIL import Image
 
 from sammil_deploy.pipeline.batch import run_batch
@@ -87,34 +88,7 @@ def test_batch_skips_a_locked_slide_and_reports_it(tmp_path):
 
 @pytest.fixture(scope="module")
 def lock_slides(tmp_path_factory) -> list[Path]:
-    from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
-
-    folder = tmp_path_factory.mktemp("lock_slides")
-    paths = []
-    for seed in (21, 22, 23, 24):
-        path = folder / f"s{seed}.svs"
-        write_synthetic_slide(path, SyntheticSlideSpec(width_px=1536, height_px=1280, mpp=0.5, seed=seed, n_lumens=0))
-        paths.append(path)
-    return paths
-
-
-@pytest.fixture(scope="module")
-def lock_bundle(tmp_path_factory, random_resnet_weights) -> Path:
-    from sammil_deploy.mil.checkpoint import make_meta, save_checkpoint
-    from sammil_deploy.mil.config import ModelConfig
-    from sammil_deploy.mil.model import build_model
-    from sammil_deploy.pipeline.bundle import make_bundle
-    from sammil_deploy.pipeline.extract import load_extract_config
-
-    cfg = ModelConfig(in_dim=1024, embed_dim=32, attn_dim=16)
-    meta = make_meta(cfg, class_names=("normal", "tumor"), group_tokens=True, feature_extractor="resnet50_trunc")
-    ckpt = save_checkpoint(tmp_path_factory.mktemp("lock_ckpt") / "fold0", build_model(cfg), meta)
-    extract_cfg = load_extract_config(
-        preset="bwh_biopsy", overrides={"features.weights": random_resnet_weights, "segment.segmenter": "fallback"}
-    )
-    out = tmp_path_factory.mktemp("lock_bundle") / "bundle"
-    make_bundle(out, ckpt, None, extract_cfg)
-    return out
+    return write_small_slides(tmp_path_factory.mktemp("lock_slides"), (21, 22, 23, 24))
 
 
 def _infer_process(slides: list[Path], bundle: Path, out: Path, listing: Path) -> subprocess.Popen:
@@ -126,10 +100,10 @@ def _infer_process(slides: list[Path], bundle: Path, out: Path, listing: Path) -
 
 
 @pytest.mark.slow
-def test_two_infer_runs_into_one_folder_never_share_a_slide(tmp_path, lock_slides, lock_bundle):
+def test_two_infer_runs_into_one_folder_never_share_a_slide(tmp_path, lock_slides, random_torch_bundle):
     out = tmp_path / "shared_out"
-    first = _infer_process(lock_slides[:3], lock_bundle, out, tmp_path / "first.txt")
-    second = _infer_process(lock_slides, lock_bundle, out, tmp_path / "second.txt")
+    first = _infer_process(lock_slides[:3], random_torch_bundle, out, tmp_path / "first.txt")
+    second = _infer_process(lock_slides, random_torch_bundle, out, tmp_path / "second.txt")
     results = [p.communicate(timeout=600) for p in (first, second)]
     for proc, (_, stderr) in zip((first, second), results, strict=True):
         assert proc.returncode == 0, stderr

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_small_slides
 
 from sammil_deploy import io_atomic
 from sammil_deploy.errors import OutputError, SammilError, SlideError
@@ -200,38 +201,8 @@ def _cli(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint_1024(tmp_path_factory) -> Path:
-    """A small attention-MIL head on ResNet50-trunc (1024-d) features."""
-    from sammil_deploy.mil.checkpoint import make_meta, save_checkpoint
-    from sammil_deploy.mil.config import ModelConfig
-    from sammil_deploy.mil.model import build_model
-
-    cfg = ModelConfig(in_dim=1024, embed_dim=32, attn_dim=16)
-    meta = make_meta(cfg, class_names=("normal", "tumor"), group_tokens=True, feature_extractor="resnet50_trunc")
-    return save_checkpoint(tmp_path_factory.mktemp("fault_ckpt") / "fold0", build_model(cfg), meta)
-
-
-@pytest.fixture(scope="module")
 def fault_slide(tmp_path_factory) -> Path:
-    """1536x1280 px at 0.5 mpp: a few 512 px patches."""
-    from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
-
-    path = tmp_path_factory.mktemp("fault_slides") / "slide.svs"
-    write_synthetic_slide(path, SyntheticSlideSpec(width_px=1536, height_px=1280, mpp=0.5, seed=11, n_lumens=0))
-    return path
-
-
-@pytest.fixture(scope="module")
-def torch_bundle(tmp_path_factory, checkpoint_1024, random_resnet_weights) -> Path:
-    from sammil_deploy.pipeline.bundle import make_bundle
-    from sammil_deploy.pipeline.extract import load_extract_config
-
-    cfg = load_extract_config(
-        preset="bwh_biopsy", overrides={"features.weights": random_resnet_weights, "segment.segmenter": "fallback"}
-    )
-    out = tmp_path_factory.mktemp("fault_bundle") / "bundle"
-    make_bundle(out, checkpoint_1024, None, cfg)
-    return out
+    return write_small_slides(tmp_path_factory.mktemp("fault_slides"), (11,))[0]
 
 
 @pytest.fixture(scope="module")
@@ -269,9 +240,10 @@ COMMANDS = ["preprocess", "extract", "train", "export", "make-bundle", "infer", 
 
 
 @pytest.fixture
-def command_inputs(fault_slide, random_resnet_weights, checkpoint_1024, feature_folder, torch_bundle) -> dict:
-    return {"slide": fault_slide, "weights": random_resnet_weights, "checkpoint": checkpoint_1024,
-            "features": feature_folder, "bundle": torch_bundle}  # fmt: skip
+def command_inputs(fault_slide, random_resnet_weights, feature_folder, random_torch_bundle) -> dict:
+    checkpoint = next((random_torch_bundle / "mil").glob("*.safetensors"))
+    return {"slide": fault_slide, "weights": random_resnet_weights, "checkpoint": checkpoint,
+            "features": feature_folder, "bundle": random_torch_bundle}  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -76,30 +77,39 @@ class _Killer(threading.Thread):
             time.sleep(0.2)
 
 
+def _title(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _pids_titled(prefix: str) -> list[int]:
+    """Processes whose title starts with ``prefix`` and whose parent's does not (the actor, not its
+    DataLoader workers, which inherit the title)."""
     pids = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+        if entry.name.isdigit() and _title(entry.name).startswith(prefix):
             try:
-                title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            except OSError:
+                parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            except (OSError, IndexError):
                 continue
-            if title.startswith(prefix):
+            if not _title(parent).startswith(prefix):
                 pids.append(int(entry.name))
     return pids
 
 
 @pytest.mark.slow
-def test_killed_worker_is_restarted_and_its_slide_retried(bundle_dir, small_slides, cohort_full, tmp_path, caplog):
+def test_killed_worker_is_restarted_and_its_slide_retried(bundle_dir, small_slides, cohort_full, tmp_path):
     cfg = InferConfig(backend="onnxruntime", **CFG)
     killer = _Killer()
     killer.start()
-    with caplog.at_level(logging.WARNING, logger="sammil_deploy.pipeline.distributed"):
-        summary = run_slides_ray(small_slides, bundle_dir, cfg, tmp_path, workers=2, init_kwargs=LOCAL)
+    summary = run_slides_ray(small_slides, bundle_dir, cfg, tmp_path, workers=2, init_kwargs=LOCAL)
     killer.stop.set()
     assert len(killer.killed) == 1, "no worker was caught mid-slide"
-    assert "died on" in caplog.text
     assert [r.status for r in summary.records] == ["done"] * 3
+    retried = [r for r in summary.records if r.detail and "retried after its Ray worker died" in r.detail]
+    assert len(retried) == 1, [r.detail for r in summary.records]
     _same_outputs(cohort_full, tmp_path, small_slides)
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".partial", ".lock"))]
 
@@ -124,6 +134,23 @@ def test_slide_out_of_retries_is_failed_with_the_reason_and_the_cohort_goes_on(b
     # the driver's rerun (what a user does after any fault) finishes the cohort
     again = run_slides_ray(small_slides, bundle_dir, cfg, tmp_path, workers=1, init_kwargs=LOCAL)
     assert sorted(r.status for r in again.records) == ["done", "skipped", "skipped"]
+
+
+@contextmanager
+def _driver_log():
+    """The driver's log lines, collected by a handler of our own (Ray reconfigures the root logger)."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("sammil_deploy.pipeline.distributed")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _free_port() -> int:
@@ -152,9 +179,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
-def test_two_node_cluster_on_one_machine_runs_a_cohort_across_both(
-    bundle_dir, small_slides, cohort_full, tmp_path, caplog
-):
+def test_two_node_cluster_on_one_machine_runs_a_cohort_across_both(bundle_dir, small_slides, cohort_full, tmp_path):
     port = _free_port()
     temp_dir = Path("/tmp") / f"ray_i14_{os.getpid()}"  # ray's socket paths must stay short
     head = _ray_node(["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}",
@@ -176,13 +201,13 @@ def test_two_node_cluster_on_one_machine_runs_a_cohort_across_both(
                 assert time.time() < deadline, (tmp_path / "n2.log").read_text()
                 time.sleep(0.5)
             cfg = InferConfig(backend="onnxruntime", **CFG)
-            with caplog.at_level(logging.INFO, logger="sammil_deploy.pipeline.distributed"):
+            with _driver_log() as lines:
                 summary = run_slides_ray(small_slides, bundle_dir, cfg, tmp_path / "out", workers=2)
         finally:
             ray.shutdown()
         assert [r.status for r in summary.records] == ["done"] * 3
-        used = set(re.findall(r"on worker \d+, node (\w+)", caplog.text))
-        assert len(used) == 2, caplog.text  # slides ran on both nodes
+        used = set(re.findall(r"on worker \d+, node (\w+)", "\n".join(lines)))
+        assert len(used) == 2, lines  # slides ran on both nodes
         _same_outputs(cohort_full, tmp_path / "out", small_slides)
     finally:
         for proc in reversed(nodes):

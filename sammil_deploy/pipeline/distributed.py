@@ -256,20 +256,20 @@ def _stream(
 ) -> None:
     """Hand slides to idle actors one at a time, emitting each record as it arrives.
 
-    A worker death re-queues its slide (up to ``max_retries``) and counts against that actor's restarts; an
-    actor past ``max_restarts`` is dropped.
+    A worker death re-queues its slide (up to ``max_retries``) for the next free worker and counts against
+    that actor's restarts. The restarted actor is probed (``ready``) and gets work again only once it has
+    loaded its networks; an actor past ``max_restarts``, or that Ray gave up on, is dropped.
     """
-    from ray.exceptions import RayActorError
+    from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
     queue, idle = deque(todo), list(actors)
     deaths = dict.fromkeys(range(len(actors)), 0)
     attempts = dict.fromkeys(todo, 0)
-    in_flight: dict[Any, tuple[int, Path]] = {}
+    in_flight: dict[Any, tuple[int, Path | None]] = {}  # ref -> (actor index, slide; None for a probe)
     nodes = _ready(ray, actors)
     while queue or in_flight:
         while queue and idle:
-            actor = idle.pop()
-            slide = queue.popleft()
+            actor, slide = idle.pop(), queue.popleft()
             in_flight[actor.run.remote(str(slide))] = (actors.index(actor), slide)
         if not in_flight:  # every actor is gone
             for slide in queue:
@@ -278,22 +278,55 @@ def _stream(
         (ref,), _ = ray.wait(list(in_flight), num_returns=1)
         index, slide = in_flight.pop(ref)
         try:
-            slide_str, status, seconds, result, error_type, detail = ray.get(ref)
-        except RayActorError as err:
-            deaths[index] += 1
-            attempts[slide] += 1
-            reason = f"Ray worker died while processing it ({type(err).__name__})"
-            log.warning("ray: worker %d died on %s (%d/%d restarts)", index, slide.name, deaths[index],
-                        faults.max_restarts)  # fmt: skip
-            if deaths[index] <= faults.max_restarts:
-                idle.append(actors[index])  # Ray restarts it; calls wait for the restart
-            if attempts[slide] <= faults.max_retries:
-                queue.append(slide)
+            value = ray.get(ref)
+        except ActorUnavailableError as err:  # restarting, or unreachable for now: probe it again shortly
+            if slide is not None:
+                _requeue_or_fail(slide, attempts, faults, queue, emit, err)
             else:
-                emit(SlideRecord(slide, "failed", error_type="WorkerError",
-                                 detail=f"{reason} {attempts[slide]} times; not retried again"))  # fmt: skip
+                time.sleep(0.5)
+            in_flight[actors[index].ready.remote()] = (index, None)
+            continue
+        except RayTaskError as err:
+            if slide is not None:
+                raise  # a bug in the worker's code (SammilErrors come back as records): keep its traceback
+            log.warning("ray: worker %d restarted but cannot load its networks (%s); dropped", index, err.cause)
+            continue
+        except RayActorError as err:
+            if slide is None:
+                log.warning("ray: worker %d is gone for good; dropped", index)
+                continue
+            deaths[index] += 1
+            _requeue_or_fail(slide, attempts, faults, queue, emit, err)
+            alive = deaths[index] <= faults.max_restarts
+            log.warning("ray: worker %d died on %s (%d/%d restarts)%s", index, slide.name, deaths[index],
+                        faults.max_restarts, "" if alive else "; dropped")  # fmt: skip
+            if alive:
+                in_flight[actors[index].ready.remote()] = (index, None)
             continue
         idle.append(actors[index])
+        if slide is None:
+            nodes[index] = value
+            continue
+        slide_str, status, seconds, result, error_type, detail = value
+        if attempts[slide] and detail is None:
+            detail = f"retried after its Ray worker died ({attempts[slide]}x)"
         log.info("ray: %s %s on worker %d, node %s", Path(slide_str).name, status, index, nodes[index])
         emit(SlideRecord(Path(slide_str), status, seconds=seconds, result=result, error_type=error_type,
                          detail=detail))  # type: ignore[arg-type]  # fmt: skip
+
+
+def _requeue_or_fail(
+    slide: Path,
+    attempts: dict[Path, int],
+    faults: FaultPolicy,
+    queue: deque[Path],
+    emit: Callable[[SlideRecord[Any]], None],
+    err: Exception,
+) -> None:
+    """Put a slide whose worker died back in the queue, or record it failed once out of retries."""
+    attempts[slide] += 1
+    if attempts[slide] <= faults.max_retries:
+        queue.append(slide)
+        return
+    reason = f"Ray worker died while processing it ({type(err).__name__}) {attempts[slide]} times; not retried"
+    emit(SlideRecord(slide, "failed", error_type="WorkerError", detail=reason))
