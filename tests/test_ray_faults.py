@@ -8,7 +8,9 @@ slides, one CPU per actor; heavy enough to be marked slow.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -40,6 +42,7 @@ from sammil_deploy.errors import ConfigError  # noqa: E402
 from sammil_deploy.pipeline.distributed import FaultPolicy, plan_workers, run_slides_ray  # noqa: E402
 from sammil_deploy.pipeline.infer import InferConfig, output_path  # noqa: E402
 
+NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}  # a throw-away cluster on one machine: no token to hand around
 LOCAL = {"num_cpus": 2, "log_to_driver": False, "object_store_memory": 100 * 2**20}
 
 
@@ -164,7 +167,7 @@ def _ray_node(args: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [ray_cli, "start", "--block", "--disable-usage-stats", "--num-cpus=1", "--num-gpus=0",
          "--object-store-memory=80000000", *args],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **NO_TOKEN},
     )  # fmt: skip
 
 
@@ -179,7 +182,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
-def test_two_node_cluster_on_one_machine_runs_a_cohort_across_both(bundle_dir, small_slides, cohort_full, tmp_path):
+def test_two_node_cluster_on_one_machine_runs_a_cohort_across_both(
+    bundle_dir, small_slides, cohort_full, tmp_path, monkeypatch
+):
+    for key, value in NO_TOKEN.items():
+        monkeypatch.setenv(key, value)
     port = _free_port()
     temp_dir = Path("/tmp") / f"ray_i14_{os.getpid()}"  # ray's socket paths must stay short
     head = _ray_node(["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}",
@@ -213,3 +220,38 @@ def test_two_node_cluster_on_one_machine_runs_a_cohort_across_both(bundle_dir, s
         for proc in reversed(nodes):
             _stop(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_from_what_was_written(bundle_dir, small_slides, cohort_full, tmp_path):
+    """SIGKILL of the `infer --ray` process once a slide is written; the rerun finishes with identical outputs."""
+    config = tmp_path / "infer.toml"
+    config.write_text("[infer]\n" + "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in CFG.items()))
+    listing = tmp_path / "slides.txt"
+    listing.write_text("".join(f"{s}\n" for s in small_slides))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **NO_TOKEN}
+    args = [sys.executable, "-m", "sammil_deploy", "infer", str(listing), "--bundle", str(bundle_dir),
+            "--out", str(out), "--backend", "onnxruntime", "--config", str(config),
+            "--ray", "--ray-workers", "1", "--json"]  # fmt: skip
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    driver = subprocess.Popen(args, env=env, start_new_session=True, **quiet)
+    try:
+        deadline = time.time() + 300
+        while not list(out.glob("reports/*.json")):
+            assert driver.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.2)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver's own local Ray processes
+    finished = sorted(p.stem for p in (out / "reports").glob("*.json"))
+    assert 1 <= len(finished) < 3
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    statuses = {r["slide"]: r["status"] for r in json.loads(rerun.stdout)["slides"]}
+    assert sorted(Path(s).stem for s, v in statuses.items() if v == "skipped") == finished
+    _same_outputs(cohort_full, out, small_slides)
+    assert not [p for p in out.rglob("*") if p.name.endswith((".partial", ".lock"))]
