@@ -133,8 +133,8 @@ def save_checkpoint(path: Path, model: MilHead, meta: CheckpointMeta) -> Path:
     weights, sidecar = checkpoint_paths(path)
     text = meta.to_json()
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_safetensors(weights, state, metadata={"sammil_deploy": text})
     write_text(sidecar, text + "\n")
+    save_safetensors(weights, state, metadata={"sammil_deploy": text})  # last: its presence means complete
     return weights
 
 
