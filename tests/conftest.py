@@ -241,6 +241,7 @@ def write_small_slides(folder: Path, seeds: tuple[int, ...], size_px: tuple[int,
     """Synthetic slides ``s<seed>.svs`` at 0.5 mpp (a few 512 px patches each)."""
     from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for seed in seeds:
         path = folder / f"s{seed}.svs"

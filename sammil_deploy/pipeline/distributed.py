@@ -260,7 +260,11 @@ def _stream(
     that actor's restarts. The restarted actor is probed (``ready``) and gets work again only once it has
     loaded its networks; an actor past ``max_restarts``, or that Ray gave up on, is dropped.
     """
-    from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+    from ray import exceptions
+    from ray.exceptions import RayActorError, RayTaskError
+
+    # Ray >= 2.22 tells "restarting / unreachable for now" apart from "dead"; older versions only say dead.
+    unavailable = getattr(exceptions, "ActorUnavailableError", ())
 
     queue, idle = deque(todo), list(actors)
     deaths = dict.fromkeys(range(len(actors)), 0)
@@ -279,7 +283,7 @@ def _stream(
         index, slide = in_flight.pop(ref)
         try:
             value = ray.get(ref)
-        except ActorUnavailableError as err:  # restarting, or unreachable for now: probe it again shortly
+        except unavailable as err:  # restarting, or unreachable for now: probe it again shortly
             if slide is not None:
                 _requeue_or_fail(slide, attempts, faults, queue, emit, err)
             else:
