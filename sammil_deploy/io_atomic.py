@@ -34,7 +34,8 @@ _ENV_ERRNOS: dict[int, str] = {
     errno.EIO: "input/output error from the storage; check the device or choose another output folder",
 }
 # Errnos that concern the device as a whole, whatever file they were raised on.
-_DEVICE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+# (EIO is not among them: reading a slide from failing media raises it too, and that is not an output fault.)
+_DEVICE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
 def partial_path(path: Path) -> Path:
@@ -83,8 +84,8 @@ def ensure_dir(folder: Path) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except (OSError, FileExistsError) as err:
-        if isinstance(err, FileExistsError) or err.errno == errno.EEXIST:
+    except OSError as err:
+        if err.errno == errno.EEXIST:  # exist_ok covers folders only
             raise OutputError(f"cannot create folder {folder}: a file has that name; choose another path") from None
         raise output_error(err, folder) or err from None
     return folder
