@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import logging
 import os
 import re
 import shutil
@@ -21,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,6 +39,7 @@ from test_infer import (  # noqa: E402  (the bundle, slides and clean run of the
 from sammil_deploy.errors import ConfigError  # noqa: E402
 from sammil_deploy.pipeline.distributed import FaultPolicy, plan_workers, run_slides_ray  # noqa: E402
 from sammil_deploy.pipeline.infer import InferConfig, output_path  # noqa: E402
+from sammil_deploy.pipeline.locks import read_holder  # noqa: E402
 
 NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}  # a throw-away cluster on one machine: no token to hand around
 LOCAL = {"num_cpus": 2, "log_to_driver": False, "object_store_memory": 100 * 2**20}
@@ -63,49 +62,28 @@ def test_gpu_workers_are_capped_at_the_clusters_gpu_count():
 
 
 class _Killer(threading.Thread):
-    """SIGKILLs the first Ray worker seen running ``InferWorker.run`` (its process title while on a slide)."""
+    """SIGKILLs the Ray worker that holds a slide's lock file (so it is certainly mid-slide), once."""
 
-    def __init__(self, kills: int = 1) -> None:
+    def __init__(self, out_dir: Path) -> None:
         super().__init__(daemon=True)
-        self.kills, self.killed, self.stop = kills, [], threading.Event()
+        self.out_dir, self.killed, self.stop = out_dir, [], threading.Event()
 
     def run(self) -> None:
-        while not self.stop.is_set() and len(self.killed) < self.kills:
-            for pid in _pids_titled("ray::InferWorker.run"):
-                time.sleep(1.0)  # well into the slide
-                if pid in _pids_titled("ray::InferWorker.run"):  # still on it
-                    os.kill(pid, signal.SIGKILL)
-                    self.killed.append(pid)
+        while not self.stop.is_set() and not self.killed:
+            for lock in self.out_dir.rglob("*.lock"):
+                time.sleep(0.5)  # well into the slide
+                holder = read_holder(lock)
+                if holder is not None and holder.pid > 0:  # still locked: still on it
+                    os.kill(holder.pid, signal.SIGKILL)
+                    self.killed.append(lock.name)
                 break
-            time.sleep(0.2)
-
-
-def _title(pid: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _pids_titled(prefix: str) -> list[int]:
-    """Processes whose title starts with ``prefix`` and whose parent's does not (the actor, not its
-    DataLoader workers, which inherit the title)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _title(entry.name).startswith(prefix):
-            try:
-                parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
-            except (OSError, IndexError):
-                continue
-            if not _title(parent).startswith(prefix):
-                pids.append(int(entry.name))
-    return pids
+            time.sleep(0.1)
 
 
 @pytest.mark.slow
 def test_killed_worker_is_restarted_and_its_slide_retried(bundle_dir, small_slides, cohort_full, tmp_path):
     cfg = InferConfig(backend="onnxruntime", **CFG)
-    killer = _Killer()
+    killer = _Killer(tmp_path)
     killer.start()
     summary = run_slides_ray(small_slides, bundle_dir, cfg, tmp_path, workers=2, init_kwargs=LOCAL)
     killer.stop.set()
@@ -120,18 +98,19 @@ def test_killed_worker_is_restarted_and_its_slide_retried(bundle_dir, small_slid
 @pytest.mark.slow
 def test_slide_out_of_retries_is_failed_with_the_reason_and_the_cohort_goes_on(bundle_dir, small_slides, tmp_path):
     cfg = InferConfig(backend="onnxruntime", **CFG)
-    killer = _Killer()
+    killer = _Killer(tmp_path)
     killer.start()
     faults = FaultPolicy(max_restarts=0, max_retries=0)  # the killed worker is gone and its slide not retried
     summary = run_slides_ray(small_slides, bundle_dir, cfg, tmp_path, workers=2, init_kwargs=LOCAL, faults=faults)
     killer.stop.set()
-    assert len(killer.killed) == 1
+    assert len(killer.killed) == 1, "no worker was caught mid-slide"
     statuses = [r.status for r in summary.records]
     assert sorted(statuses) == ["done", "done", "failed"]
     failed = summary.failed[0]
     assert failed.error_type == "WorkerError"
     assert "Ray worker died while processing it" in failed.detail
     assert not output_path(tmp_path, failed.slide, "report").exists()
+    assert killer.killed == [output_path(tmp_path, failed.slide, "report").name + ".lock"]
     rows = (tmp_path / "summary.csv").read_text()
     assert "WorkerError" in rows
     # the driver's rerun (what a user does after any fault) finishes the cohort
@@ -139,21 +118,19 @@ def test_slide_out_of_retries_is_failed_with_the_reason_and_the_cohort_goes_on(b
     assert sorted(r.status for r in again.records) == ["done", "skipped", "skipped"]
 
 
-@contextmanager
-def _driver_log():
-    """The driver's log lines, collected by a handler of our own (Ray reconfigures the root logger)."""
-    lines: list[str] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("sammil_deploy.pipeline.distributed")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield lines
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **NO_TOKEN}
+
+
+def _infer_args(tmp_path: Path, slides: list[Path], bundle: Path, out: Path, *ray_args: str) -> list[str]:
+    """`sammil-deploy --verbose infer ... --ray --json` with the settings of the clean run (``CFG``)."""
+    config = tmp_path / "infer.toml"
+    config.write_text("[infer]\n" + "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in CFG.items()))
+    listing = tmp_path / "slides.txt"
+    listing.write_text("".join(f"{s}\n" for s in slides))
+    return [sys.executable, "-m", "sammil_deploy", "--verbose", "infer", str(listing), "--bundle", str(bundle),
+            "--out", str(out), "--backend", "onnxruntime", "--config", str(config), "--ray", *ray_args,
+            "--json"]  # fmt: skip
 
 
 def _free_port() -> int:
@@ -182,11 +159,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
-def test_two_node_cluster_on_one_machine_runs_a_cohort_across_both(
-    bundle_dir, small_slides, cohort_full, tmp_path, monkeypatch
-):
-    for key, value in NO_TOKEN.items():
-        monkeypatch.setenv(key, value)
+def test_two_node_cluster_on_one_machine_runs_a_cohort_across_both(bundle_dir, small_slides, cohort_full, tmp_path):
     port = _free_port()
     temp_dir = Path("/tmp") / f"ray_i14_{os.getpid()}"  # ray's socket paths must stay short
     head = _ray_node(["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}",
@@ -199,22 +172,18 @@ def test_two_node_cluster_on_one_machine_runs_a_cohort_across_both(
             assert time.time() < deadline, (tmp_path / "head.log").read_text()
             time.sleep(0.5)
         nodes.append(_ray_node([f"--address=127.0.0.1:{port}", '--resources={"second": 1}'], tmp_path / "n2.log"))
-        import ray
-
-        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
-        try:
-            deadline = time.time() + 60
-            while len([n for n in ray.nodes() if n["Alive"]]) < 2:
-                assert time.time() < deadline, (tmp_path / "n2.log").read_text()
-                time.sleep(0.5)
-            cfg = InferConfig(backend="onnxruntime", **CFG)
-            with _driver_log() as lines:
-                summary = run_slides_ray(small_slides, bundle_dir, cfg, tmp_path / "out", workers=2)
-        finally:
-            ray.shutdown()
-        assert [r.status for r in summary.records] == ["done"] * 3
-        used = set(re.findall(r"on worker \d+, node (\w+)", "\n".join(lines)))
-        assert len(used) == 2, lines  # slides ran on both nodes
+        while b"Ray runtime started" not in (tmp_path / "n2.log").read_bytes():
+            assert nodes[1].poll() is None, (tmp_path / "n2.log").read_text()
+            assert time.time() < deadline + 60, (tmp_path / "n2.log").read_text()
+            time.sleep(0.5)
+        # the driver is a separate process, as a user's would be: `infer --ray --ray-address host:port`
+        args = _infer_args(tmp_path, small_slides, bundle_dir, tmp_path / "out", "--ray-address", f"127.0.0.1:{port}",
+                           "--ray-workers", "2")  # fmt: skip
+        run = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+        assert [r["status"] for r in json.loads(run.stdout)["slides"]] == ["done"] * 3
+        used = set(re.findall(r"on worker \d+, node (\w+)", run.stderr))
+        assert len(used) == 2, run.stderr  # slides ran on both nodes
         _same_outputs(cohort_full, tmp_path / "out", small_slides)
     finally:
         for proc in reversed(nodes):
@@ -225,15 +194,9 @@ def test_two_node_cluster_on_one_machine_runs_a_cohort_across_both(
 @pytest.mark.slow
 def test_killed_driver_resumes_from_what_was_written(bundle_dir, small_slides, cohort_full, tmp_path):
     """SIGKILL of the `infer --ray` process once a slide is written; the rerun finishes with identical outputs."""
-    config = tmp_path / "infer.toml"
-    config.write_text("[infer]\n" + "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in CFG.items()))
-    listing = tmp_path / "slides.txt"
-    listing.write_text("".join(f"{s}\n" for s in small_slides))
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **NO_TOKEN}
-    args = [sys.executable, "-m", "sammil_deploy", "infer", str(listing), "--bundle", str(bundle_dir),
-            "--out", str(out), "--backend", "onnxruntime", "--config", str(config),
-            "--ray", "--ray-workers", "1", "--json"]  # fmt: skip
+    env = _env()
+    args = _infer_args(tmp_path, small_slides, bundle_dir, out, "--ray-workers", "1")
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     driver = subprocess.Popen(args, env=env, start_new_session=True, **quiet)
     try:

@@ -238,15 +238,23 @@ def _dispatch(
 
 
 def _ready(ray: Any, actors: list[Any]) -> list[str]:
-    """Each actor's node id, once its networks are loaded; a SammilError of loading is raised as itself."""
-    from ray.exceptions import RayTaskError
+    """Each actor's node id once its networks are loaded; a SammilError of loading is raised as itself.
 
-    try:
-        nodes = ray.get([actor.ready.remote() for actor in actors])
-    except RayTaskError as err:
-        if isinstance(err.cause, SammilError):
-            raise err.cause from None
-        raise
+    An actor that dies while starting is left to the stream loop (its first slide counts as a death).
+    """
+    from ray.exceptions import RayActorError, RayTaskError
+
+    nodes = []
+    for index, actor in enumerate(actors):
+        try:
+            nodes.append(ray.get(actor.ready.remote()))
+        except RayTaskError as err:
+            if isinstance(err.cause, SammilError):
+                raise err.cause from None
+            raise
+        except RayActorError as err:
+            log.warning("ray: worker %d died while starting (%s)", index, type(err).__name__)
+            nodes.append("?")
     log.info("ray: workers on nodes %s", nodes)
     return nodes
 
