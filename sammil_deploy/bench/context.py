@@ -59,15 +59,14 @@ class BenchContext:
         path = self.work_dir / "weights" / "resnet50_trunc_random.safetensors"
         if not path.is_file():
             import torch
-            from safetensors.torch import save_file
 
             from sammil_deploy.features.encoders import create_encoder
+            from sammil_deploy.io_atomic import save_safetensors
 
-            path.parent.mkdir(parents=True, exist_ok=True)
             with torch.random.fork_rng():
                 torch.manual_seed(self.seed)
                 encoder = create_encoder("resnet50_trunc", allow_random=True)
-            save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path))
+            save_safetensors(path, {k: v.contiguous() for k, v in encoder.state_dict().items()})
         return path
 
     def mil_checkpoint(self) -> Path:

@@ -16,7 +16,12 @@ if TYPE_CHECKING:
     from sammil_deploy.pipeline.batch import BatchSummary
     from sammil_deploy.pipeline.infer import SlideResult
 
-_STATUS = {"done": "[green]done[/green]", "skipped": "skipped (exists)", "failed": "[red]failed[/red]"}
+_STATUS = {
+    "done": "[green]done[/green]",
+    "skipped": "skipped (exists)",
+    "locked": "[yellow]locked (other run)[/yellow]",
+    "failed": "[red]failed[/red]",
+}
 
 
 @app.command("infer")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from sammil_deploy.config import from_mapping, to_dict
 from sammil_deploy.errors import BackendError, CheckpointError, ConfigError
+from sammil_deploy.io_atomic import atomic_dir
 
 if TYPE_CHECKING:
     from sammil_deploy.features.encoders import PatchEncoder
@@ -190,9 +190,7 @@ def make_bundle(
     if export_dir is not None and not Path(export_dir).is_dir():
         raise ConfigError(f"{export_dir}: export folder not found; run `sammil-deploy export` first")
     ckpt = load_checkpoint(checkpoint)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         files: dict[str, str] = {}
 
         def add(src: Path, rel: str) -> str:
@@ -235,12 +233,6 @@ def make_bundle(
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         load_bundle(tmp)  # refuse an inconsistent bundle before it replaces anything
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return load_bundle(out_dir, verify_hashes=False)
 
 

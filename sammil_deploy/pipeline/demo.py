@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sammil_deploy.errors import ConfigError, ParityError
+from sammil_deploy.io_atomic import atomic_path, save_safetensors, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +212,8 @@ def _cohort(data: Path, cfg: DemoConfig) -> dict[str, Any]:
     held_out = [max(sid for sid, y in labels.items() if y == label) for label in (0, 1)]
     train_ids = [sid for sid in labels if sid not in held_out]
     if not train_csv.is_file():
-        tmp = train_csv.with_name(train_csv.name + ".partial")
-        with tmp.open("w", newline="") as f:
+        with atomic_path(train_csv) as tmp, tmp.open("w", newline="") as f:
             csv.writer(f).writerows([("slide_id", "label"), *((sid, labels[sid]) for sid in train_ids)])
-        os.replace(tmp, train_csv)
     return {"labels": labels, "train_ids": train_ids, "held_out_ids": held_out, "train_labels": train_csv}
 
 
@@ -228,20 +226,16 @@ def _random_encoder(path: Path, seed: int, calibration_slides: list[Path], extra
     (weights untouched) gives features on the scale of a trained network's.
     """
     import torch
-    from safetensors.torch import save_file
 
     from sammil_deploy.features.encoders import create_encoder
 
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             encoder = create_encoder("resnet50_trunc", allow_random=True)
         _calibrate_batchnorm(encoder, calibration_slides, extract_cfg)
-        tmp = path.with_name(path.name + ".partial")
         state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
-        save_file(state, str(tmp), metadata={"random_weights": "true"})  # bundles and reports say so
-        os.replace(tmp, path)
+        save_safetensors(path, state, metadata={"random_weights": "true"})  # bundles and reports say so
     return path
 
 
@@ -308,11 +302,7 @@ def write_recipe_toml(path: Path) -> Path:
         section, name = key.split(".", 1)
         tables.setdefault(section, []).append(f"{name} = {json.dumps(value)}")
     text = "\n\n".join(f"[{section}]\n" + "\n".join(lines) for section, lines in tables.items()) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, text)
 
 
 def _export_and_bundle(
@@ -417,6 +407,4 @@ def _benchmark(result: DemoResult, slide: Path, out: Path, cfg: DemoConfig, say:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json(path, payload, sort_keys=False)

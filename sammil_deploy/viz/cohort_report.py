@@ -13,10 +13,10 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from sammil_deploy.io_atomic import write_text
 from sammil_deploy.viz.cohort_data import STAGE_ORDER, CohortRun, load_run
 
 REPORT_NAME = "report.html"
@@ -35,13 +35,7 @@ def write_cohort_report(run_dir: Path) -> Path:
     """
     run = load_run(run_dir)
     path = Path(run_dir) / REPORT_NAME
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tmp.write_text(render_report(run), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text(path, render_report(run))
 
 
 def render_report(run: CohortRun) -> str:

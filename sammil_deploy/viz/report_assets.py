@@ -10,13 +10,14 @@ read through the slide reader). The report JSON lists them relative to the outpu
 from __future__ import annotations
 
 import functools
-import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from sammil_deploy.io_atomic import atomic_path
 
 if TYPE_CHECKING:
     from sammil_deploy.slide import SlideReader
@@ -141,15 +142,11 @@ def read_patch(reader: SlideReader, xy_level0: tuple[int, int], patch_size_level
 
 
 def save_jpeg(path: Path, image: np.ndarray) -> Path:
-    """Write an RGB uint8 image as JPEG via ``path.partial`` + rename."""
+    """Write an RGB uint8 image as JPEG atomically (disk full or read-only: :class:`OutputError`)."""
     from PIL import Image
 
-    tmp = path.with_name(path.name + ".partial")
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="JPEG", quality=JPEG_QUALITY)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
