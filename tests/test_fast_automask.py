@@ -10,7 +10,8 @@ SAM-MIL's thresholds (0.6/0.6) nothing survives. Two ways around it, both stated
 Random SAM masks are image-sized blobs, so box NMS leaves one or two of them. To compare many masks (NMS within
 and between crops, crop-edge filtering, small-region cleanup), ``_disc_sam`` keeps the tiny SAM's real image
 encoder but swaps its prompt encoder and mask decoder for a deterministic point decoder whose three masks are
-discs around the prompt modulated by the image embedding; the reference generator runs it unchanged.
+discs around the prompt modulated by the image embedding (``bench.maskgen.many_mask_sam``); the reference
+generator runs it unchanged.
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from sammil_deploy.bench.maskgen import many_mask_sam
 from sammil_deploy.segment import SegmentConfig, segment_image
 from sammil_deploy.segment.automask import sam_segment
 from sammil_deploy.segment.fast_automask import FastMaskGenerator
-from sammil_deploy.segment.postprocess import mask_boxes, remove_small_regions_in_box, stability_and_boxes
+from sammil_deploy.segment.postprocess import (
+    mask_boxes,
+    remove_small_regions_in_box,
+    stability_and_boxes,
+    upscale_logits,
+)
 from sammil_deploy.segment.sam_model import build_sam
 from sammil_deploy.segment.segmentation import Segmentation
 
@@ -51,46 +57,8 @@ def _scaled_tiny_sam(seed: int = 0):
     return sam
 
 
-class _PointPassThrough(nn.Module):
-    """Prompt encoder stand-in: hands the (P, 1, 2) input-frame points to the decoder as the sparse embedding."""
-
-    def forward(self, points, boxes=None, masks=None):
-        coords, _ = points
-        return coords.float(), torch.zeros(1)
-
-    def get_dense_pe(self) -> torch.Tensor:
-        return torch.zeros(1)
-
-
-class _DiscDecoder(nn.Module):
-    """Three disc masks (radii 6, 12, 24 input px) around each point, bent by the image embedding's channel 0."""
-
-    def __init__(self, input_size_px: int, low_res_px: int) -> None:
-        super().__init__()
-        centres = (torch.arange(low_res_px, dtype=torch.float32) + 0.5) * (input_size_px / low_res_px)
-        self.register_buffer("grid_y", centres[:, None].expand(low_res_px, low_res_px).clone())
-        self.register_buffer("grid_x", centres[None, :].expand(low_res_px, low_res_px).clone())
-        self.register_buffer("radii", torch.tensor([6.0, 12.0, 24.0]))
-
-    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output):
-        from torch.nn import functional as F
-
-        xy = sparse_prompt_embeddings[:, 0]  # (P, 2)
-        dist = torch.hypot(self.grid_x - xy[:, 0, None, None], self.grid_y - xy[:, 1, None, None])  # (P, h, w)
-        feature = F.interpolate(image_embeddings[:, :1], self.grid_x.shape, mode="bilinear", align_corners=False)
-        feature = (feature - feature.mean()) / (feature.std() + 1e-6)  # (1, 1, h, w)
-        logits = 12.0 * (self.radii[None, :, None, None] - dist[:, None]) / self.radii[None, :, None, None]
-        logits = logits + 3.0 * feature
-        iou = torch.sigmoid(feature.flatten().mean() + torch.stack([xy[:, 0] - xy[:, 1]] * 3, 1) / 40.0)
-        return logits, iou.expand(len(xy), 3)
-
-
 def _disc_sam(seed: int = 0):
-    sam = _tiny_sam(seed)
-    size = sam.image_encoder.img_size
-    sam.prompt_encoder = _PointPassThrough()
-    sam.mask_decoder = _DiscDecoder(size, size // 4)
-    return sam
+    return many_mask_sam(seed)
 
 
 def _blurred_noise(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -192,6 +160,34 @@ def test_stability_and_boxes_match_upstream():
     torch.testing.assert_close(stability, calculate_stability_score(logits, 0.0, 1.0), equal_nan=True)
     assert torch.equal(boxes, batched_mask_to_box(logits > 0.0))
     assert torch.isnan(stability[3])
+
+
+@pytest.mark.parametrize(
+    ("resized_hw", "crop_hw"), [((128, 96), (1024, 766)), ((96, 128), (600, 455)), ((128, 128), (128, 128))]
+)
+def test_windowed_upsampling_matches_postprocess_masks(resized_hw, crop_hw):
+    from sammil_deploy.segment.upsample import CropUpsampler
+
+    gen = torch.Generator().manual_seed(7)
+    coarse = torch.randn(12, 1, 6, 6, generator=gen)
+    low_res = torch.nn.functional.interpolate(coarse, (32, 32), mode="bilinear")[:, 0] * 10 - 8  # blobs
+    low_res[2] = -5.0  # empty at every cut
+    full = upscale_logits(low_res, 128, resized_hw, crop_hw)
+    up = CropUpsampler(32, 128, resized_hw, crop_hw, torch.device("cpu"))
+    windows = up.windows(low_res, -1.0)
+    assert windows[2, 1] == windows[2, 0]
+    assert (windows[:, 1] - windows[:, 0]).float().mean() < crop_hw[0]  # the windows do save work
+    for k, (y0, y1, x0, x1) in enumerate(windows.tolist()):
+        outside = torch.ones(crop_hw, dtype=torch.bool)
+        outside[y0:y1, x0:x1] = False
+        assert not (full[k][outside] > -1.0).any()  # nothing above the loosest cut is missed
+        if y1 > y0:
+            got = up.logits(low_res[k], (y0, y1, x0, x1))
+            torch.testing.assert_close(got, full[k, y0:y1, x0:x1], atol=1e-5, rtol=1e-6)
+    stability, boxes = up.stability_and_boxes(low_res, 0.0, 1.0)
+    ref_stability, ref_boxes = stability_and_boxes(full, 0.0, 1.0)
+    torch.testing.assert_close(stability, ref_stability, equal_nan=True)
+    assert torch.equal(boxes, ref_boxes)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from sammil_deploy.bench import backends as bk
 from sammil_deploy.bench.components import RUN_ERRORS
@@ -25,7 +27,6 @@ from sammil_deploy.bench.suites import MaskGenerationBench, Variant, reference_f
 from sammil_deploy.bench.timing import time_interleaved
 
 if TYPE_CHECKING:
-    import torch
     from segment_anything.modeling import Sam
 
     from sammil_deploy.export.spec import ExportSpec
@@ -53,6 +54,90 @@ def calibrated_random_sam(model: str, seed: int) -> Sam:
             mlp.layers[-1].weight.mul_(100.0)
             mlp.layers[-1].bias.mul_(100.0)
         sam.mask_decoder.iou_prediction_head.layers[-1].bias.add_(0.6)
+    return sam
+
+
+class _PointPassThrough(nn.Module):
+    """Prompt-encoder stand-in: hands the (P, 1, 2) input-frame points to the decoder as the sparse embedding."""
+
+    def forward(self, points: tuple, boxes: Any = None, masks: Any = None) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ARG002
+        coords, _ = points
+        return coords.float(), torch.zeros(1)
+
+    def get_dense_pe(self) -> torch.Tensor:
+        return torch.zeros(1)
+
+
+class DiscMaskDecoder(nn.Module):
+    """Mask-decoder stand-in: three disc masks (radii 6, 12, 24 input px) around each point, bent by the embedding.
+
+    Random SAM weights give image-sized blobs that NMS collapses to one or two masks, which hides the per-mask
+    work (and any per-mask disagreement) of a generator. This decoder gives hundreds of distinct masks that
+    depend on the image through the real encoder's embedding, with predicted IoUs straddling SAM-MIL's 0.6.
+    ``forward`` has ``MaskDecoder``'s signature; the sparse embedding is the (P, 1, 2) xy prompt itself.
+    """
+
+    def __init__(self, input_size_px: int, low_res_px: int) -> None:
+        super().__init__()
+        centres = (torch.arange(low_res_px, dtype=torch.float32) + 0.5) * (input_size_px / low_res_px)
+        self.register_buffer("grid_y", centres[:, None].expand(low_res_px, low_res_px).clone())
+        self.register_buffer("grid_x", centres[None, :].expand(low_res_px, low_res_px).clone())
+        self.register_buffer("radii", torch.tensor([6.0, 12.0, 24.0]))
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: Any,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: Any,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(low-res logits (P, 3, h, w), predicted IoU (P, 3)) for (P, 1, 2) xy points."""
+        from torch.nn import functional as F
+
+        del image_pe, dense_prompt_embeddings, multimask_output  # MaskDecoder's keyword signature
+        xy = sparse_prompt_embeddings[:, 0]  # (P, 2)
+        dx, dy = self.grid_x - xy[:, 0, None, None], self.grid_y - xy[:, 1, None, None]
+        dist = torch.sqrt(dx * dx + dy * dy)  # (P, h, w); not hypot, which the ONNX exporter lacks
+        feature = F.interpolate(image_embeddings[:, :1], self.grid_x.shape, mode="bilinear", align_corners=False)
+        feature = (feature - feature.mean()) / (feature.std() + 1e-6)  # (1, 1, h, w)
+        logits = 12.0 * (self.radii[None, :, None, None] - dist[:, None]) / self.radii[None, :, None, None]
+        logits = logits + 3.0 * feature
+        iou = torch.sigmoid(feature.flatten().mean() + (xy[:, 0] - xy[:, 1]) / 40.0)  # (P,)
+        return logits, iou[:, None].expand(-1, 3)
+
+
+class DiscPointDecoder(nn.Module):
+    """The stand-in as an exportable point decoder: ``(embedding, coords, labels) -> (low-res logits, IoU)``.
+
+    The same I/O contract as ``export.sam.SamPointDecoder``, so its ONNX file drives ``FastMaskGenerator``
+    exactly like an exported SAM decoder.
+    """
+
+    def __init__(self, decoder: DiscMaskDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(
+        self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """See the class docstring (the automatic generator's prompts are all foreground points, label 1)."""
+        foreground = (point_labels[..., None] > 0).to(point_coords.dtype)  # x 1: keeps num_prompts dynamic
+        return self.decoder(image_embeddings, None, point_coords * foreground, None, True)
+
+
+def many_mask_sam(seed: int = 0) -> Sam:
+    """Tiny SAM (its real random encoder) whose prompt encoder and mask decoder are the disc stand-ins.
+
+    Upstream ``SamAutomaticMaskGenerator`` runs it unchanged; :class:`DiscPointDecoder` exports its decoder.
+    """
+    from sammil_deploy.segment.sam_model import build_sam
+
+    torch.manual_seed(seed)
+    sam = build_sam("tiny", device="cpu")
+    size_px = int(sam.image_encoder.img_size)
+    sam.prompt_encoder = _PointPassThrough()
+    sam.mask_decoder = DiscMaskDecoder(size_px, size_px // 4)
     return sam
 
 

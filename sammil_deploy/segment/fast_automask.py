@@ -38,6 +38,7 @@ from sammil_deploy.errors import SegmentationError
 from sammil_deploy.segment.config import SegmentConfig
 from sammil_deploy.segment.postprocess import remove_small_regions_in_box, stability_and_boxes, upscale_logits
 from sammil_deploy.segment.segmentation import Segmentation
+from sammil_deploy.segment.upsample import CropUpsampler
 
 if TYPE_CHECKING:
     import torch
@@ -103,6 +104,8 @@ class FastMaskGenerator:
         encoder_batch_size: Crops per encoder call; all crops of the image in one call when None.
         chunk_px: Upsampled logits are processed this many pixels at a time (bounds post-processing memory to
             ~5 bytes per pixel of it).
+        windowed: Upsample each mask only inside the window its low-res logits can reach (``upsample.py``);
+            default: on a CPU device.
         pixel_mean: SAM's per-channel RGB mean on the 0-255 scale.
         pixel_std: SAM's per-channel RGB std on the 0-255 scale.
     """
@@ -119,6 +122,7 @@ class FastMaskGenerator:
         points_per_batch: int | None = None,
         encoder_batch_size: int | None = None,
         chunk_px: int = 1 << 25,
+        windowed: bool | None = None,
         pixel_mean: Sequence[float] = SAM_PIXEL_MEAN,
         pixel_std: Sequence[float] = SAM_PIXEL_STD,
     ) -> None:
@@ -136,6 +140,9 @@ class FastMaskGenerator:
         self.points_per_batch = int(points_per_batch or cfg.points_per_batch)
         self.encoder_batch_size = encoder_batch_size
         self.chunk_px = int(chunk_px)
+        # Windowed upsampling (upsample.py) saves CPU memory traffic; a GPU has the bandwidth for whole maps and
+        # would pay a kernel launch per mask instead.
+        self.windowed = self.device.type == "cpu" if windowed is None else bool(windowed)
         self._mean = torch.tensor(pixel_mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self._std = torch.tensor(pixel_std, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self.point_grids = build_all_layer_point_grids(
@@ -323,11 +330,17 @@ class FastMaskGenerator:
         per_mask_px = self.img_size**2 + resized_hw[0] * resized_hw[1] + crop_hw[0] * crop_hw[1]
         return range(0, n, max(1, self.chunk_px // per_mask_px))
 
+    def _upsampler(self, low_res_px: int, resized_hw: tuple[int, int], crop_hw: tuple[int, int]) -> CropUpsampler:
+        return CropUpsampler(low_res_px, self.img_size, resized_hw, crop_hw, self.device)
+
     def _stability_and_boxes(
         self, low_res: torch.Tensor, resized_hw: tuple[int, int], crop_hw: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
+        if self.windowed:
+            up = self._upsampler(low_res.shape[-1], resized_hw, crop_hw)
+            return up.stability_and_boxes(low_res, MASK_THRESHOLD, STABILITY_OFFSET)
         stability = [torch.zeros(0, device=self.device)]
         boxes = [torch.zeros((0, 4), dtype=torch.int64, device=self.device)]
         chunks = self._chunks(len(low_res), resized_hw, crop_hw)
@@ -348,6 +361,12 @@ class FastMaskGenerator:
         for c in np.unique(crop_of):
             x0, y0, x1, y1 = crop_boxes[c]
             rows = np.flatnonzero(crop_of == c)
+            if self.windowed:
+                up = self._upsampler(data.low_res.shape[-1], resized_hw[c], (y1 - y0, x1 - x0))
+                crops = up.binary_in_boxes(data.low_res[rows], boxes_crop[rows], MASK_THRESHOLD)
+                for k, crop in zip(rows, crops, strict=True):
+                    masks[k] = crop
+                continue
             chunks = self._chunks(len(rows), resized_hw[c], (y1 - y0, x1 - x0))
             for start in chunks:
                 sel = rows[start : start + chunks.step]
