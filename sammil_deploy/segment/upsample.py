@@ -71,16 +71,17 @@ class LinearTaps:
 
 
 def _resize_window(
-    x: torch.Tensor, ty: LinearTaps, tx: LinearTaps, rows: slice, cols: slice, origin: tuple
+    x: torch.Tensor, ty: LinearTaps, tx: LinearTaps, rows: slice, cols: slice, origin: tuple[int, int]
 ) -> torch.Tensor:
-    """Bilinear output rows x cols of a source window ``x`` whose top-left is source sample ``origin`` (y, x)."""
-    y0, y1 = ty.i0[rows] - origin[0], ty.i1[rows] - origin[0]
+    """Bilinear output rows x cols of a source window ``x`` whose top-left is source sample ``origin`` (y, x).
+
+    Width pass on the source rows, then height pass: per output pixel the kernel's
+    ``(x00 * wx0 + x01 * wx1) * wy0 + (x10 * wx0 + x11 * wx1) * wy1``, with each row blend computed once.
+    """
     x0, x1 = tx.i0[cols] - origin[1], tx.i1[cols] - origin[1]
-    wx0, wx1 = tx.w0[cols], tx.w1[cols]
-    top, bottom = x.index_select(0, y0), x.index_select(0, y1)
-    top = top.index_select(1, x0) * wx0 + top.index_select(1, x1) * wx1
-    bottom = bottom.index_select(1, x0) * wx0 + bottom.index_select(1, x1) * wx1
-    return top * ty.w0[rows, None] + bottom * ty.w1[rows, None]
+    across = x.index_select(1, x0) * tx.w0[cols] + x.index_select(1, x1) * tx.w1[cols]
+    y0, y1 = ty.i0[rows] - origin[0], ty.i1[rows] - origin[0]
+    return across.index_select(0, y0) * ty.w0[rows, None] + across.index_select(0, y1) * ty.w1[rows, None]
 
 
 class CropUpsampler:
