@@ -118,8 +118,11 @@ def test_matches_reference_on_real_thumbnail(thumbnail):
 def test_matches_reference_with_many_masks_and_crops(thumbnail):
     sam = _disc_sam()
     ref, fast = _compare(sam, thumbnail[:160, :192].copy(), min_reference=15, points_per_side=8)
-    # Same algorithm, same order: masks pair up one to one and nearly pixel-identical.
+    # Same algorithm, same order: masks pair up one to one, every mask has a partner of IoU >= 0.99 both ways.
+    from sammil_deploy.segment.compare import mask_agreement
+
     assert fast.n_masks == ref.n_masks
+    assert mask_agreement(ref, fast).min_iou >= 0.99
     same = [np.array_equal(fast.mask(k), ref.mask(k)) for k in range(ref.n_masks)]
     assert np.mean(same) >= 0.9
 
@@ -223,39 +226,73 @@ def test_remove_small_regions_in_box_matches_full_image(case):
     np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.slow
-def test_onnxruntime_sessions_give_the_reference_masks(tmp_path, thumbnail):
-    # ~30 s on the shared 2-core machine, all of it the two torch.onnx exports of the tiny SAM.
-    ort = pytest.importorskip("onnxruntime")
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    """The tiny SAM's encoder, its point decoder (scaled random SAM) and the disc stand-in, exported to ONNX.
+
+    ``_scaled_tiny_sam()`` and ``_disc_sam()`` share the seed-0 tiny encoder, so one encoder file serves both.
+    """
+    pytest.importorskip("onnxruntime")
+    from sammil_deploy.bench.maskgen import DiscPointDecoder
     from sammil_deploy.export import sam as sam_export
     from sammil_deploy.export.onnx_export import export_onnx
 
+    out = tmp_path_factory.mktemp("tiny_onnx")
     sam = _scaled_tiny_sam()
     size = sam.image_encoder.img_size
+    embedding = torch.randn(1, 32, size // 16, size // 16)
+    points = (torch.rand(5, 1, 2) * size, torch.ones(5, 1))
     export_onnx(
         sam.image_encoder,
         sam_export.encoder_spec(sam, "tiny", "random"),
         (torch.randn(2, 3, size, size),),
-        tmp_path / "encoder.onnx",
+        out / "encoder.onnx",
     )
-    export_onnx(
-        sam_export.SamPointDecoder(sam),
-        sam_export.decoder_spec(sam, "tiny", "random"),
-        (torch.randn(1, 32, size // 16, size // 16), torch.rand(3, 1, 2) * size, torch.ones(3, 1)),
-        tmp_path / "decoder.onnx",
-    )
+    spec = sam_export.decoder_spec(sam, "tiny", "random")
+    export_onnx(sam_export.SamPointDecoder(sam), spec, (embedding, *points), out / "decoder.onnx")
+    export_onnx(DiscPointDecoder(_disc_sam().mask_decoder), spec, (embedding, *points), out / "disc_decoder.onnx")
+    return out
+
+
+def _ort_generator(folder, decoder: str, cfg: SegmentConfig) -> FastMaskGenerator:
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     sessions = [
-        ort.InferenceSession(str(tmp_path / name), options, providers=["CPUExecutionProvider"])
-        for name in ("encoder.onnx", "decoder.onnx")
+        ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
+        for name in ("encoder.onnx", decoder)
     ]
+    return FastMaskGenerator.from_sessions(*sessions, cfg, 128, name="sam_fast_tiny_onnx")
+
+
+@pytest.mark.slow
+def test_onnxruntime_sessions_give_the_reference_masks(tiny_onnx, thumbnail):
+    # ~30 s on the shared 2-core machine, most of it the torch.onnx exports of the tiny SAM.
     cfg = SegmentConfig(segmenter="sam", sam_model="tiny", device="cpu", points_per_side=8)
-    fast = FastMaskGenerator.from_sessions(*sessions, cfg, size, name="sam_fast_tiny_onnx").generate(thumbnail)
-    reference = sam_segment(thumbnail, cfg, sam=sam)
+    fast = _ort_generator(tiny_onnx, "decoder.onnx", cfg).generate(thumbnail)
+    reference = sam_segment(thumbnail, cfg, sam=_scaled_tiny_sam())
     assert fast.segmenter == "sam_fast_tiny_onnx"
     assert fast.n_masks == reference.n_masks >= 1
     assert np.median(_matched_ious(reference, fast)) >= 0.9
+
+
+@pytest.mark.slow
+def test_onnxruntime_generator_equals_torch_on_many_masks(tiny_onnx, thumbnail):
+    from sammil_deploy.segment.compare import mask_agreement
+
+    # SAM-MIL's generator settings (1 crop layer, downscale 2, 0.6/0.6) at a test-sized grid and image.
+    cfg = SegmentConfig(segmenter="sam", sam_model="tiny", device="cpu", points_per_side=12)
+    image = thumbnail[:200, :240].copy()
+    sam = _disc_sam()
+    ours_onnx = _ort_generator(tiny_onnx, "disc_decoder.onnx", cfg).generate(image)
+    ours_torch = FastMaskGenerator.from_sam(sam, cfg).generate(image)
+    reference = sam_segment(image, cfg, sam=sam)
+    assert reference.n_masks >= 30, "test setup: the stand-in should give many masks"
+    for candidate in (ours_onnx, ours_torch):
+        agreement = mask_agreement(reference, candidate)
+        assert agreement.n_candidate == agreement.n_reference
+        assert agreement.min_iou >= 0.99, agreement
 
 
 @pytest.mark.gpu

@@ -1,11 +1,15 @@
 """SAM automatic mask generation benchmark: upstream generator vs ``FastMaskGenerator`` on each backend.
 
 One SAM image (the benchmark slide's thumbnail at the SAM-image size), SAM-MIL's generator settings (or the
-suite's smaller ones), the same random-but-calibrated SAM for every row. The reference row is upstream
-``SamAutomaticMaskGenerator`` on PyTorch eager FP32; the fast generator runs on PyTorch (the same modules the
-export wraps), ONNX Runtime or TensorRT through the runtime backends, driving the exported encoder and point
-decoder. Each row records its mask count (the generators give the same masks; a different count flags a
-precision or backend problem).
+suite's smaller ones), the same model for every row. The reference row is upstream ``SamAutomaticMaskGenerator``
+on PyTorch eager FP32; the fast generator runs on PyTorch (the same modules the export wraps), ONNX Runtime or
+TensorRT through the runtime backends, driving the exported encoder and point decoder.
+
+``tiny`` is the many-mask stand-in (:func:`many_mask_sam`: the tiny SAM's random encoder, a disc decoder), so
+hundreds of masks go through post-processing as with a trained SAM; random weights would leave one image-sized
+blob. The real sizes (``vit_b`` ... ``vit_h``) are random with calibrated scores (:func:`calibrated_random_sam`).
+Each row records its mask count and, against the reference row, the worst and median best-match IoU over the
+masks of both sets (``matched_iou_min`` 1.0: every mask has an identical partner).
 """
 
 from __future__ import annotations
@@ -141,6 +145,16 @@ def many_mask_sam(seed: int = 0) -> Sam:
     return sam
 
 
+def benchmark_sam(model: str, seed: int) -> tuple[Sam, Sam]:
+    """(the SAM the generators run, a SAM with upstream's modules of the same size for the export specs)."""
+    from sammil_deploy.segment.sam_model import build_sam
+
+    if model == "tiny":
+        return many_mask_sam(seed), build_sam("tiny", device="cpu")
+    sam = calibrated_random_sam(model, seed)
+    return sam, sam
+
+
 def _call(backend: Backend) -> Callable[..., list[Any]]:
     """``fn(*inputs) -> outputs`` in declared order: tensors stay on the device for torch/TensorRT backends."""
     import torch
@@ -174,6 +188,8 @@ class _SamParts:
         from sammil_deploy.export.sam import SamPointDecoder
 
         sam = self.sam_device if on_torch and device != "cpu" else self.sam
+        if isinstance(sam.mask_decoder, DiscMaskDecoder):
+            return sam.image_encoder, DiscPointDecoder(sam.mask_decoder).eval()
         return sam.image_encoder, SamPointDecoder(sam).eval()
 
     def examples(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
@@ -207,17 +223,18 @@ def bench_mask_generation(cfg: MaskGenerationBench, ctx: BenchContext) -> list[B
         crop_n_layers=cfg.crop_n_layers,
         points_per_batch=cfg.points_per_batch,
     )
+    model = "tiny many-mask stand-in" if cfg.model == "tiny" else f"{cfg.model} random"
     size = (
-        f"{cfg.model} {image.shape[1]}x{image.shape[0]} px, {cfg.points_per_side} pts/side, "
+        f"{model} {image.shape[1]}x{image.shape[0]} px, {cfg.points_per_side} pts/side, "
         f"{cfg.crop_n_layers} crop layer(s)"
     )
     ctx.progress(f"{COMPONENT}: building SAM {cfg.model}")
-    sam = calibrated_random_sam(cfg.model, ctx.seed)
+    sam, spec_sam = benchmark_sam(cfg.model, ctx.seed)
     parts = _SamParts(
         sam=sam,
         sam_device=sam if ctx.device == "cpu" else copy.deepcopy(sam).to(ctx.device),
-        enc_spec=encoder_spec(sam, cfg.model, "random"),
-        dec_spec=decoder_spec(sam, cfg.model, "random"),
+        enc_spec=encoder_spec(spec_sam, cfg.model, "random"),
+        dec_spec=decoder_spec(spec_sam, cfg.model, "random"),
         n_crops=sum(4**layer for layer in range(cfg.crop_n_layers + 1)),
     )
 
@@ -300,11 +317,13 @@ def _time(
     ctx: BenchContext,
     cfg: MaskGenerationBench,
 ) -> list[BenchmarkResult]:
-    rows, runnable, masks = [], {}, {}
+    from sammil_deploy.segment.compare import mask_agreement
+
+    rows, runnable, outputs = [], {}, {}
     for label, generate in generators.items():
         backend, precision, _, _ = meta[label]
         try:
-            masks[label] = generate().n_masks
+            outputs[label] = generate()
         except RUN_ERRORS as err:
             rows.append(failed(COMPONENT, backend, precision, size, UNIT, f"{type(err).__name__}: {err}"))
             continue
@@ -313,6 +332,9 @@ def _time(
     stats = time_interleaved(runnable, cfg.timing or ctx.timing, timer=ctx.timer)
     for label in runnable:
         backend, precision, is_reference, _ = meta[label]
+        notes: dict[str, Any] = {"masks": outputs[label].n_masks, "points_per_batch": cfg.points_per_batch}
+        if "reference" in outputs and label != "reference":
+            notes.update(mask_agreement(outputs["reference"], outputs[label]).as_dict())
         rows.append(
             BenchmarkResult(
                 COMPONENT,
@@ -324,7 +346,7 @@ def _time(
                 timing=stats[label],
                 device=ctx.device,
                 reference=is_reference or label == "reference",
-                notes={"masks": masks[label], "points_per_batch": cfg.points_per_batch},
+                notes=notes,
             )
         )
     return rows
