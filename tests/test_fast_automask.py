@@ -299,3 +299,28 @@ def test_onnxruntime_generator_equals_torch_on_many_masks(tiny_onnx, thumbnail):
 def test_matches_reference_on_cuda(thumbnail):
     sam = _disc_sam().to("cuda")
     _compare(sam, thumbnail, min_reference=15, points_per_side=16, device="cuda")
+
+
+def test_no_mask_above_thresholds_gives_an_empty_valid_context(tmp_path):
+    # Plain random weights: no mask passes SAM-MIL's 0.6/0.6. Upstream's generator then raises IndexError in its
+    # crop NMS; every generator here returns no masks, and the slide gets a valid, empty spatial context.
+    from sammil_deploy.features.bag import FeatureBag
+    from sammil_deploy.features.store import read_bag, write_bag, write_official
+    from sammil_deploy.pipeline.stages import spatial_context
+    from sammil_deploy.segment import SamImage, assign_patches
+
+    image = _blurred_noise(96, 128)
+    sam = _tiny_sam()
+    cfg = SegmentConfig(segmenter="sam", sam_model="tiny", device="cpu", points_per_side=4)
+    sam_image = SamImage(image, (0, 0), 4.0, 0, 1.0, 4, (0, 0, 512, 384))
+    coords = np.array([[0, 0], [128, 64], [256, 256]], np.int64)
+    features = np.ones((3, 8), np.float32)
+    for segmentation in (sam_segment(image, cfg, sam=sam), FastMaskGenerator.from_sam(sam, cfg).generate(image)):
+        assert segmentation.n_masks == 0
+        for mode in ("footprint", "official"):
+            context = spatial_context(features, assign_patches(segmentation, sam_image, coords, 64, mode=mode))
+            assert context.n_groups == 0
+            assert (context.segment_id == -1).all()
+            bag = FeatureBag("empty", coords, features, 64, 0, context=context)
+            assert read_bag(write_bag(tmp_path / f"{mode}.h5", bag)).context.n_groups == 0
+            write_official(tmp_path / f"{mode}_official.h5", bag)
