@@ -69,6 +69,7 @@ def sam_segment(image: np.ndarray, cfg: SegmentConfig, sam: Sam | None = None) -
             "segment.points_per_batch (e.g. 16) or segment.long_side_px, or use device 'cpu'"
         ) from None
     kept = [r["segmentation"] for r in records if r["area"] >= cfg.min_mask_region_area]
+    total_s = time.perf_counter() - start
     log.info(
         "SAM %s: %d masks (%d kept) on %dx%d in %.1f s",
         model_type,
@@ -76,15 +77,17 @@ def sam_segment(image: np.ndarray, cfg: SegmentConfig, sam: Sam | None = None) -
         len(kept),
         image.shape[1],
         image.shape[0],
-        time.perf_counter() - start,
+        total_s,
     )
-    return Segmentation.from_masks(
+    segmentation = Segmentation.from_masks(
         kept,
         image_hw=(int(image.shape[0]), int(image.shape[1])),
         segmenter=f"sam_{model_type}",
         config=_generator_settings(cfg, model_type),
         tissue_area_px=int(tissue_mask_on_image(image).sum()),
     )
+    segmentation.profile.update(total_s=round(total_s, 4), masks=segmentation.n_masks)
+    return segmentation
 
 
 def _empty_safe_generator() -> type:

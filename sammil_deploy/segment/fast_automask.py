@@ -143,6 +143,7 @@ class FastMaskGenerator:
         # Windowed upsampling (upsample.py) saves CPU memory traffic; a GPU has the bandwidth for whole maps and
         # would pay a kernel launch per mask instead.
         self.windowed = self.device.type == "cpu" if windowed is None else bool(windowed)
+        self._profile: dict[str, float] = {}
         self._mean = torch.tensor(pixel_mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self._std = torch.tensor(pixel_std, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self.point_grids = build_all_layer_point_grids(
@@ -220,13 +221,20 @@ class FastMaskGenerator:
                 "pass the RGB SAM image (read_sam_image) as uint8"
             )
         start = time.perf_counter()
+        self._profile = dict.fromkeys(
+            ("encoder_passes", "encoder_s", "decoder_calls", "decoder_prompts", "decoder_s"), 0
+        )
         with torch.inference_mode():
             boxes, crops = self._generate(np.ascontiguousarray(image))
         areas = np.asarray([int(c.sum()) for c in crops], np.int64)
         keep = np.flatnonzero(areas >= max(self.cfg.min_mask_region_area, 1))
+        total_s = time.perf_counter() - start
+        profile = {**self._profile, "total_s": total_s, "masks": len(keep)}
+        profile["postprocess_s"] = total_s - profile["encoder_s"] - profile["decoder_s"]
         log.info(
-            "%s: %d masks on %dx%d in %.2f s", self.name, len(keep), image.shape[1], image.shape[0],
-            time.perf_counter() - start,
+            "%s: %d masks on %dx%d in %.2f s (encoder %.2f s, %d passes; decoder %.2f s, %d prompts)", self.name,
+            len(keep), image.shape[1], image.shape[0], total_s, profile["encoder_s"], profile["encoder_passes"],
+            profile["decoder_s"], profile["decoder_prompts"],
         )  # fmt: skip
         settings = _generator_settings(self.cfg, self.name.removeprefix("sam_fast_"))
         return Segmentation(
@@ -236,7 +244,16 @@ class FastMaskGenerator:
             segmenter=self.name,
             config={**settings, "generator": "fast"},
             tissue_area_px=int(tissue_mask_on_image(image).sum()),
+            profile={k: round(v, 4) if isinstance(v, float) else v for k, v in profile.items()},
         )
+
+    def _timed(self, key: str, start: float) -> None:
+        """Add the seconds since ``start`` to ``self._profile[key]`` (GPU work finished first)."""
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+        self._profile[key] += time.perf_counter() - start
 
     def _generate(self, image: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """(K, 4) int64 exclusive boxes and K bool crops, before the final area filter."""
@@ -283,8 +300,11 @@ class FastMaskGenerator:
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         import torch
 
+        start = time.perf_counter()
         step = self.encoder_batch_size or len(images)
         outs = [self._tensor(self.encoder(images[i : i + step])) for i in range(0, len(images), step)]
+        self._profile["encoder_passes"] += len(images)
+        self._timed("encoder_s", start)
         return torch.cat(outs)
 
     def _crop_candidates(
@@ -311,8 +331,12 @@ class FastMaskGenerator:
         parts = []
         for start in range(0, len(coords), self.points_per_batch):
             stop = start + self.points_per_batch
+            called = time.perf_counter()
             low_res, iou = self.decoder(embedding, coords[start:stop], labels[start:stop])
             low_res, iou = self._tensor(low_res).flatten(0, 1), self._tensor(iou).flatten(0, 1)
+            self._profile["decoder_calls"] += 1
+            self._profile["decoder_prompts"] += len(coords[start:stop])
+            self._timed("decoder_s", called)
             if self.cfg.pred_iou_thresh > 0.0:  # exact before upsampling: the IoU head does not see the masks
                 keep = iou > self.cfg.pred_iou_thresh
                 low_res, iou = low_res[keep], iou[keep]
