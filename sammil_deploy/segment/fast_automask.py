@@ -19,9 +19,11 @@ wraps two ONNX Runtime ``InferenceSession`` objects (anything with ``get_inputs(
 
 Where the speed comes from, with the same masks: all crops go through the encoder in one batch; prompts are
 decoded in batches; the IoU filter runs before upsampling (the reference upsamples every mask, 3 per point);
-stability scores and boxes come from one chunked pass over the upsampled logits, which are then discarded;
-only the masks surviving both NMS rounds are upsampled again and cut to their boxes (no full-image padding,
-no RLE round trip); small-region cleanup works on each mask's box.
+on a CPU each mask is upsampled only inside the window its low-res logits can reach (``upsample.py``; on a GPU
+whole maps in chunks, on the device), and stability scores and boxes come from that pass; only the masks
+surviving both NMS rounds are upsampled again, inside their boxes (no full-image padding, no RLE round trip);
+small-region cleanup works on each mask's box. ``Segmentation.profile`` records encoder passes, decoder prompts
+and the seconds of encoder, decoder and post-processing.
 """
 
 from __future__ import annotations
