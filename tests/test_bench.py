@@ -299,6 +299,8 @@ def test_mask_generation_and_end_to_end_rows(tmp_path):
     ]
     assert masks[0].reference
     assert len({r.notes["masks"] for r in masks}) == 1  # same masks from every generator and backend
+    assert masks[0].notes["masks"] >= 2  # the many-mask stand-in: more than one blob to match
+    assert all(r.notes["matched_iou_min"] >= 0.99 for r in masks[1:])  # every mask has a partner, both ways
     e2e = with_speedups(bench_end_to_end(EndToEndBench(variants=("ort-cpu:fp32",), workers=1, batch_size=8), ctx))
     torch_row, ort_row = e2e
     assert torch_row.reference

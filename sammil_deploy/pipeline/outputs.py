@@ -114,7 +114,7 @@ def write_outputs(
                 attrs=attrs,
             )  # fmt: skip
             written.append(write_bag(paths["features"], bag))
-        stage_seconds = {**timer_seconds, "outputs": time.perf_counter() - outputs_start}
+        stage_seconds = {**timer_seconds, **sam_seconds(segmentation), "outputs": time.perf_counter() - outputs_start}
         total = time.perf_counter() - start
         report["timings_s"] = {k: round(v, 4) for k, v in stage_seconds.items()}
         report["seconds"] = round(total, 4)
@@ -191,6 +191,7 @@ def _report(
             "segments": context.n_groups,
             "instances": int(len(attention)),
             "patches_in_no_segment": int((context.segment_id < 0).sum()),
+            **sam_counts(segmentation),
         },
         "patch": {
             "size_level0_px": grid.patch_size_level0_px,
@@ -217,6 +218,20 @@ def _report(
         "bundle": bundle.describe(),
         "versions": _versions(cfg.backend),
     }
+
+
+def sam_seconds(segmentation: Segmentation) -> dict[str, float]:
+    """The SAM generator's sub-stages inside ``segmentation`` (encoder passes, decoder prompts, post-processing)."""
+    keys = {"encoder_s": "sam_encoder", "decoder_s": "sam_decoder", "postprocess_s": "sam_postprocess"}
+    return {
+        f"segmentation.{name}": float(segmentation.profile[k]) for k, name in keys.items() if k in segmentation.profile
+    }
+
+
+def sam_counts(segmentation: Segmentation) -> dict[str, int]:
+    """SAM's work for this slide: encoder passes (crops) and decoder prompts (points), when SAM ran."""
+    keys = {"encoder_passes": "sam_encoder_passes", "decoder_prompts": "sam_decoder_prompts"}
+    return {name: int(segmentation.profile[k]) for k, name in keys.items() if k in segmentation.profile}
 
 
 def _versions(backend: str) -> dict[str, str]:

@@ -57,7 +57,7 @@ def segment_patches(
     """
     from sammil_deploy.segment import assign_patches, read_sam_image, segment_image
 
-    sam_image = read_sam_image(reader, bbox_level0, cfg.long_side_px)
+    sam_image = read_sam_image(reader, bbox_level0, cfg.long_side_px, official=cfg.membership == "official")
     if generator is not None and cfg.resolved_segmenter == "sam":
         segmentation = generator.generate(sam_image.image)
     else:
