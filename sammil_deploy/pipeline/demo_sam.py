@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sammil_deploy.errors import ConfigError
+from sammil_deploy.io_atomic import atomic_path, write_json
 
 SAM_WEIGHTS_NAME = "sam_tiny_RANDOM_calibrated.pth"
 MARKER_NAME = "demo_segmenter.json"
@@ -32,10 +33,8 @@ def write_random_sam(path: Path, seed: int) -> Path:
 
     from sammil_deploy.bench.maskgen import calibrated_random_sam
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(calibrated_random_sam("tiny", seed).state_dict(), tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(calibrated_random_sam("tiny", seed).state_dict(), tmp)
     return path
 
 
@@ -62,7 +61,7 @@ def claim_folder(out_dir: Path, segmenter: str) -> None:
                 f"for segmenter {segmenter!r}: rerun {flag} or use another --out"
             )
         return
-    marker.write_text(json.dumps({"segmenter": segmenter}) + "\n")
+    write_json(marker, {"segmenter": segmenter})
 
 
 def sam_metrics(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
