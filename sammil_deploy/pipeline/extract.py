@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from sammil_deploy.features.encoders import PatchEncoder
     from sammil_deploy.patching import PatchGrid
+    from sammil_deploy.runtime import Backend
     from sammil_deploy.slide import SlideInfo
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def extract_slide(
     out_dir: Path,
     *,
     encoder: PatchEncoder | None = None,
+    backend: Backend | None = None,
     sam: Sam | None = None,
     progress: PatchProgress | None = None,
 ) -> ExtractResult:
@@ -165,6 +167,8 @@ def extract_slide(
         cfg: Stage configs.
         out_dir: Output root (``features/`` and ``segments/`` are created inside).
         encoder: A built encoder to reuse across slides; built from ``cfg.features`` when None.
+        backend: Its feature backend (``open_feature_backend``) to reuse across slides; opened (and closed) here
+            when None.
         sam: A loaded SAM model to reuse across slides (``segment.automask.load_sam``); loaded when needed.
         progress: Called as ``progress(slide, patches_done, patches_total)`` during feature extraction.
 
@@ -176,10 +180,10 @@ def extract_slide(
             nothing is left in ``out_dir`` for this slide then.
     """
     from sammil_deploy.features.bag import FeatureBag
-    from sammil_deploy.features.extract import build_encoder, extract_features
+    from sammil_deploy.features.extract import build_encoder, open_feature_backend
     from sammil_deploy.features.store import write_bag
     from sammil_deploy.patching import make_patch_grid, require_patch_fits
-    from sammil_deploy.pipeline.stages import segment_patches, spatial_context
+    from sammil_deploy.pipeline.stages import encode_patches, segment_patches, spatial_context
     from sammil_deploy.segment.io import save_segmentation
     from sammil_deploy.slide import open_slide
     from sammil_deploy.tissue import detect_tissue
@@ -188,9 +192,12 @@ def extract_slide(
     start = time.perf_counter()
     stages: dict[str, float] = {}
     encoder = encoder if encoder is not None else build_encoder(cfg.features)
+    if backend is None:
+        with open_feature_backend(encoder, cfg.features) as own:
+            return extract_slide(path, cfg, out_dir, encoder=encoder, backend=own, sam=sam, progress=progress)
 
-    with open_slide(path, mpp=cfg.mpp) as reader:
-        info = reader.info
+    with open_slide(path, reader=cfg.features.reader, mpp=cfg.mpp) as reader:
+        info, reader_name = reader.info, reader.name
         require_patch_fits(info, cfg.patch)
         tissue = detect_tissue(reader, cfg.tissue)
         grid = make_patch_grid(info, tissue, cfg.patch)
@@ -200,17 +207,12 @@ def extract_slide(
         )
         stages["segmentation"] = _lap(start, stages)
 
-    features = extract_features(
-        path,
-        grid.coords_level0_xy,
-        grid.patch_size_level0_px,
-        encoder,
-        cfg.features,
-        patch_level=grid.patch_level,
-        read_size_px=grid.patch_size_px,
+    features = encode_patches(
+        path, grid, backend, input_size_px=encoder.input_size_px,
+        interpolation=cfg.features.interpolation or encoder.interpolation, batch_size=cfg.features.batch_size,
+        num_workers=cfg.features.num_workers, reader=cfg.features.reader, mpp=cfg.mpp,
         progress=None if progress is None else lambda done, total: progress(path, done, total),
-        mpp=cfg.mpp,
-    )
+    )  # fmt: skip
     stages["features"] = _lap(start, stages)
 
     context = spatial_context(features, assignment)
@@ -221,7 +223,8 @@ def extract_slide(
         patch_size_level0_px=grid.patch_size_level0_px,
         patch_level=grid.patch_level,
         context=context,
-        attrs=_provenance(cfg, encoder, info, grid, segmentation.config, assignment.mode),
+        attrs=_provenance(cfg, encoder, info, grid, segmentation.config, assignment.mode)
+        | {"feature_backend": backend_label(backend), "slide_reader": reader_name},
     )
     out_path, seg_path = features_path_for(out_dir, path), segments_path_for(out_dir, path)
     saved_seg: Path | None = None
@@ -280,24 +283,29 @@ def extract_slides(
     Raises:
         WeightsError, ConfigError: If the encoder or SAM cannot be loaded (nothing can run then).
     """
-    from sammil_deploy.features.extract import build_encoder
+    from sammil_deploy.features.extract import build_encoder, open_feature_backend
 
     paths = [Path(p) for p in paths]
     todo = [p for p in paths if overwrite or not features_path_for(out_dir, p).exists()]
     encoder = build_encoder(cfg.features) if todo else None
+    backend = open_feature_backend(encoder, cfg.features) if encoder is not None else None
     sam = None
-    if todo and cfg.segment.resolved_segmenter == "sam":
-        from sammil_deploy.segment.automask import load_sam
+    try:
+        if todo and cfg.segment.resolved_segmenter == "sam":
+            from sammil_deploy.segment.automask import load_sam
 
-        sam = load_sam(cfg.segment)
-    return run_batch(
-        paths,
-        lambda p: extract_slide(p, cfg, out_dir, encoder=encoder, sam=sam, progress=progress),
-        lambda p: features_path_for(out_dir, p),
-        overwrite=overwrite,
-        continue_on_error=continue_on_error,
-        on_record=on_record,
-    )
+            sam = load_sam(cfg.segment)
+        return run_batch(
+            paths,
+            lambda p: extract_slide(p, cfg, out_dir, encoder=encoder, backend=backend, sam=sam, progress=progress),
+            lambda p: features_path_for(out_dir, p),
+            overwrite=overwrite,
+            continue_on_error=continue_on_error,
+            on_record=on_record,
+        )
+    finally:
+        if backend is not None:
+            backend.close()
 
 
 def _lap(start: float, stages: Mapping[str, float] | None = None) -> float:
@@ -326,3 +334,10 @@ def _provenance(
         segmenter_config=seg_config,
         membership=membership,
     )
+
+
+def backend_label(backend: Backend) -> str:
+    """``"onnxruntime resnet50_trunc-....onnx [CPUExecutionProvider]"``: what encoded the features (provenance)."""
+    details = backend.describe()
+    where = ",".join(details.get("providers") or [backend.device])
+    return f"{backend.kind} {Path(str(backend.artifact)).name} [{where}, {details.get('precision', 'fp32')}]"

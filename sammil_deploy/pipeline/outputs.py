@@ -101,6 +101,7 @@ def write_outputs(
                 interpolation=bundle.encoder["interpolation"], precision=cfg.precision,
                 extract_config=bundle.manifest["preprocess"], info=info, grid=grid,
                 segmenter_config=segmentation.config, membership=bundle.preprocess.segment.membership,
+                feature_backend=models.stage_backends.get("features", "unknown"), slide_reader=reader.name,
             )  # fmt: skip
             bag = FeatureBag(
                 slide_id=info.slide_id, coords_level0_xy=grid.coords_level0_xy, features=features,
