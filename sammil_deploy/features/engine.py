@@ -129,7 +129,7 @@ def encode_patches(
         prefetch_factor=max(1, prefetch_batches) if workers else None,
     )
     try:
-        run = _run_cuda if on_cuda and backend.kind in ("torch", "tensorrt") else _run_host
+        run = _run_cuda if on_cuda else _run_host
         run(loader, backend, out, progress)
     finally:
         dataset.close()
@@ -137,7 +137,7 @@ def encode_patches(
 
 
 def _run_host(loader: Any, backend: Backend, out: np.ndarray, progress: ProgressFn | None) -> None:
-    """Batches straight into ``backend.infer`` (CPU backends, ONNX Runtime on any device)."""
+    """Batches straight into ``backend.infer`` (CPU backends)."""
     done = 0
     for patches, rows in loader:
         out[rows.numpy()] = backend.infer({"patches": patches})["features"]
@@ -175,8 +175,11 @@ def _run_cuda(loader: Any, backend: Backend, out: np.ndarray, progress: Progress
     for patches, rows in loader:  # pinned by the DataLoader's pin-memory thread
         with torch.cuda.stream(copy_stream):
             on_device = patches.to(device, non_blocking=True)
-        compute.wait_stream(copy_stream)
-        on_device.record_stream(compute)  # the caching allocator must not reuse it before compute is done
+        if backend.kind == "torch":  # queued behind the copy on the GPU; the host does not wait
+            compute.wait_stream(copy_stream)
+            on_device.record_stream(compute)  # the caching allocator must not reuse it before compute is done
+        else:  # TensorRT / ONNX Runtime run on their own streams: the copy must be complete first
+            copy_stream.synchronize()
         features = backend.infer_torch({"patches": on_device})["features"]
         host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
         host.copy_(features, non_blocking=True)

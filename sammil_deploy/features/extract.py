@@ -183,13 +183,18 @@ def open_feature_backend(encoder: PatchEncoder, cfg: ExtractConfig, *, cache_dir
                         intra_op_threads=cfg.intra_op_threads)  # fmt: skip
 
 
-def encoder_cache_dir() -> Path:
-    """``$SAMMIL_DEPLOY_CACHE/encoders``, else ``$XDG_CACHE_HOME`` (or ``~/.cache``) ``/sammil-deploy/encoders``."""
+def cache_root() -> Path:
+    """``$SAMMIL_DEPLOY_CACHE``, else ``$XDG_CACHE_HOME`` (or ``~/.cache``) ``/sammil-deploy``."""
     import os
 
     if os.environ.get("SAMMIL_DEPLOY_CACHE"):
-        return Path(os.environ["SAMMIL_DEPLOY_CACHE"]) / "encoders"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sammil-deploy" / "encoders"
+        return Path(os.environ["SAMMIL_DEPLOY_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sammil-deploy"
+
+
+def encoder_cache_dir() -> Path:
+    """Where :func:`cached_encoder_onnx` keeps exported encoders: ``<cache_root>/encoders``."""
+    return cache_root() / "encoders"
 
 
 def cached_encoder_onnx(encoder: PatchEncoder, cache_dir: Path) -> Path:
