@@ -26,9 +26,8 @@ def test_next_slide_is_prepared_while_the_current_one_is_processed():
     discarded = []
     with Lookahead(slides, prepare, discarded.append) as ahead:
         assert ahead.take(slides[0]) == "s0"
-        t_taken = time.perf_counter()
         time.sleep(0.1)  # "encode" slide 0
-        assert slides[1] in started and started[slides[1]] < t_taken + 0.1  # prepared during slide 0's encode
+        assert slides[1] in started  # slide 1 was prepared while slide 0 was "encoded", before anyone asked for it
         assert ahead.take(slides[1]) == "s1"
         assert ahead.take(slides[2]) == "s2"
     assert discarded == []
