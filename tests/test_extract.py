@@ -144,3 +144,23 @@ def test_fp16_on_cpu_is_refused(encoder):
 def test_cuda_without_gpu_is_refused(real_slide_path, encoder):
     with pytest.raises(ConfigError, match="CUDA is not available"):
         open_feature_backend(encoder, ExtractConfig(allow_random=True, device="cuda"))
+
+
+def test_resize_on_the_device_keeps_features_of_the_pil_path(real_slide_path, encoder):
+    """Batch resize in torch (the GPU path's default) vs PIL in the workers, every tissue patch of the real slide.
+
+    Same weights (seeded random ResNet50-trunc), same pixels (tile reader), only the resize differs.
+    """
+    from sammil_deploy.bench.reading import tissue_coords_level0_xy
+
+    coords = tissue_coords_level0_xy(real_slide_path, 512)
+    feats = {}
+    for place in ("host", "device"):
+        cfg = ExtractConfig(allow_random=True, batch_size=8, num_workers=0, device="cpu", resize=place)
+        with open_feature_backend(encoder, cfg) as backend:
+            feats[place] = _extract(real_slide_path, backend, cfg, coords=coords)
+    host, device = feats["host"], feats["device"]
+    cos = (host * device).sum(1) / np.linalg.norm(host, axis=1) / np.linalg.norm(device, axis=1)
+    assert len(coords) > 10
+    assert cos.min() >= 0.9999
+    assert not np.array_equal(host, device)  # the two paths really differ (rounding), so the bound means something

@@ -75,19 +75,21 @@ def synthetic_benchmark_slide(folder: Path, size_px: int, seed: int = 0) -> Path
 
 
 def cached_pipeline_slide(width_px: int, seed: int = 0) -> Path:
-    """A real-sized synthetic slide (``width_px`` x 0.8 of it, 0.25 mpp, tumour-bearing), cached.
+    """A real-sized synthetic slide: ``make-demo-data --size-px width_px --seed seed``'s first slide, cached.
 
-    Written once into ``$SAMMIL_DEPLOY_CACHE`` (or ``~/.cache/sammil-deploy``) ``/bench_slides`` and reused by
-    later runs (a 40000 px slide takes about a minute to write on two cores).
+    Tumour-bearing, ``width_px`` x 0.8 of it at 0.25 mpp (40000 px: ~2,200 tissue patches of 512 px). Written
+    once into ``$SAMMIL_DEPLOY_CACHE`` (or ``~/.cache/sammil-deploy``) ``/bench_slides`` and reused by later
+    runs (a 40000 px slide takes about a minute to write on two cores).
     """
     from sammil_deploy.features.extract import cache_root
-    from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
+    from sammil_deploy.slide.cohort import plan_demo_cohort
+    from sammil_deploy.slide.synthetic import write_synthetic_slide
 
     path = cache_root() / "bench_slides" / f"pipeline_slide_{width_px}_{seed}.svs"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_synthetic_slide(path, SyntheticSlideSpec(width_px=width_px, height_px=width_px * 4 // 5, seed=seed,
-                                                       tumour=True))  # fmt: skip
+        _, _, spec = next(p for p in plan_demo_cohort(2, seed=seed, size_px=width_px) if p[1] == 1)
+        write_synthetic_slide(path, spec)
     return path
 
 

@@ -28,7 +28,43 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
-RESIZE_METHOD = "pil-antialiased-{}-host"  # how patches are resized (provenance), formatted with the filter
+RESIZE_PLACES = ("auto", "host", "device")
+
+
+def resize_place(resize: str, device: str) -> str:
+    """Where patches are resized: ``host`` (PIL in the reader workers) or ``device`` (the batch, in torch).
+
+    ``auto`` = on the device for CUDA backends (frees the reader cores of their most expensive per-patch step),
+    in the workers otherwise (cheapest on a CPU).
+    """
+    if resize not in RESIZE_PLACES:
+        from sammil_deploy.errors import ConfigError
+
+        raise ConfigError(f"resize must be one of {RESIZE_PLACES}, got {resize!r}")
+    if resize == "auto":
+        return "device" if device.startswith("cuda") else "host"
+    return resize
+
+
+def resize_method(interpolation: str, place: str) -> str:
+    """Provenance label: ``pil-antialiased-bicubic-host`` or ``torch-antialiased-bicubic-device``."""
+    return f"{'pil' if place == 'host' else 'torch'}-antialiased-{interpolation}-{place}"
+
+
+def resize_batch(patches: torch.Tensor, size_px: int, interpolation: str) -> torch.Tensor:
+    """``(B, H, W, 3)`` uint8 → ``(B, S, S, 3)`` uint8 with antialiased bicubic/bilinear on the batch's device.
+
+    ``torch.nn.functional.interpolate(antialias=True)`` follows PIL's antialiased filters (support scaled by
+    the downscale factor); values differ from PIL's fixed-point arithmetic by rounding only (features: cosine
+    >= 0.9999, tested).
+    """
+    import torch
+
+    if patches.shape[1:3] == (size_px, size_px):
+        return patches
+    x = patches.permute(0, 3, 1, 2).to(torch.float32)
+    x = torch.nn.functional.interpolate(x, size=(size_px, size_px), mode=interpolation, antialias=True)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 def tile_read_order(coords_level0_xy: np.ndarray) -> np.ndarray:
@@ -78,6 +114,7 @@ def encode_patches(
     num_workers: int,
     prefetch_batches: int = 2,
     reader: str = "auto",
+    resize: str = "auto",
     mpp: float | None = None,
     progress: ProgressFn | None = None,
 ) -> np.ndarray:
@@ -95,6 +132,8 @@ def encode_patches(
         num_workers: Reader processes (0: read in this process, no overlap).
         prefetch_batches: Batches each worker keeps ready (bounds the queue and its memory).
         reader: Slide reader (``auto``, ``openslide``, ``tiled``; see :func:`sammil_deploy.slide.open_slide`).
+        resize: Where to resize (:func:`resize_place`): ``host`` (PIL in the workers), ``device`` (the batch,
+            with :func:`resize_batch`) or ``auto``.
         mpp: Optional mpp override for slides without metadata.
         progress: Called as ``progress(done, total)`` after each batch.
 
@@ -115,11 +154,14 @@ def encode_patches(
     out = np.empty((len(coords), dim), np.float32)
     if len(coords) == 0:
         return out
+    on_cuda = backend.device.startswith("cuda")
+    on_device = resize_place(resize, backend.device) == "device"
+    worker_size_px = read_size_px if on_device else input_size_px  # PatchTransform leaves S x S patches alone
     dataset = PatchDataset(
-        slide_path, coords, None, patch_level, PatchTransform(input_size_px, interpolation, channels_last=True),
+        slide_path, coords, None, patch_level, PatchTransform(worker_size_px, interpolation, channels_last=True),
         read_size_px=read_size_px, mpp=mpp, reader=reader,
     )  # fmt: skip
-    on_cuda = backend.device.startswith("cuda")
+    resize_fn = (lambda batch: resize_batch(batch, input_size_px, interpolation)) if on_device else (lambda b: b)
     workers = max(0, int(num_workers))
     loader = DataLoader(
         dataset,
@@ -130,23 +172,23 @@ def encode_patches(
     )
     try:
         run = _run_cuda if on_cuda else _run_host
-        run(loader, backend, out, progress)
+        run(loader, backend, out, progress, resize_fn)
     finally:
         dataset.close()
     return out
 
 
-def _run_host(loader: Any, backend: Backend, out: np.ndarray, progress: ProgressFn | None) -> None:
+def _run_host(loader: Any, backend: Backend, out: np.ndarray, progress: ProgressFn | None, resize: Any) -> None:
     """Batches straight into ``backend.infer`` (CPU backends)."""
     done = 0
     for patches, rows in loader:
-        out[rows.numpy()] = backend.infer({"patches": patches})["features"]
+        out[rows.numpy()] = backend.infer({"patches": resize(patches)})["features"]
         done += len(rows)
         if progress is not None:
             progress(done, len(out))
 
 
-def _run_cuda(loader: Any, backend: Backend, out: np.ndarray, progress: ProgressFn | None) -> None:
+def _run_cuda(loader: Any, backend: Backend, out: np.ndarray, progress: ProgressFn | None, resize: Any) -> None:
     """Double-buffered GPU loop: copies overlap compute, and the host waits for a batch one batch later.
 
     Batch k+1's pinned host→device copy (side stream) and batch k-1's device→host feature copy overlap batch
@@ -175,11 +217,11 @@ def _run_cuda(loader: Any, backend: Backend, out: np.ndarray, progress: Progress
     for patches, rows in loader:  # pinned by the DataLoader's pin-memory thread
         with torch.cuda.stream(copy_stream):
             on_device = patches.to(device, non_blocking=True)
-        if backend.kind == "torch":  # queued behind the copy on the GPU; the host does not wait
-            compute.wait_stream(copy_stream)
-            on_device.record_stream(compute)  # the caching allocator must not reuse it before compute is done
-        else:  # TensorRT / ONNX Runtime run on their own streams: the copy must be complete first
-            copy_stream.synchronize()
+        compute.wait_stream(copy_stream)  # queued behind the copy on the GPU; the host does not wait
+        on_device.record_stream(compute)  # the caching allocator must not reuse it before compute is done
+        on_device = resize(on_device)
+        if backend.kind != "torch":  # TensorRT / ONNX Runtime run on their own streams: inputs must be ready
+            compute.synchronize()
         features = backend.infer_torch({"patches": on_device})["features"]
         host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
         host.copy_(features, non_blocking=True)

@@ -53,6 +53,8 @@ class ExtractConfig:
         intra_op_threads: ONNX Runtime CPU threads (0: its default, all cores).
         reader: Slide reader: ``auto`` (tile-aligned JPEG decoding where the file allows, else OpenSlide),
             ``openslide`` or ``tiled``.
+        resize: Where patches are resized to the encoder input: ``host`` (PIL, antialiased, in the reader
+            workers), ``device`` (antialiased ``torch`` interpolation of the batch) or ``auto`` (device on CUDA).
     """
 
     encoder: str = "resnet50_trunc"
@@ -68,6 +70,7 @@ class ExtractConfig:
     model_file: Path | None = None
     intra_op_threads: int = 0
     reader: str = "auto"
+    resize: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("weights", "model_file"):
@@ -79,6 +82,8 @@ class ExtractConfig:
             raise ConfigError(f"features.reader must be one of {READERS}, got {self.reader!r}")
         if self.backend == "tensorrt" and self.model_file is None:
             raise ConfigError("features.backend tensorrt needs a plan: pass --model-file resnet50.plan")
+        if self.resize not in ("auto", "host", "device"):
+            raise ConfigError(f"features.resize must be auto, host or device, got {self.resize!r}")
         if self.intra_op_threads < 0:
             raise ConfigError(f"features.intra_op_threads must be >= 0, got {self.intra_op_threads}")
         if self.encoder not in available_encoders():
@@ -271,5 +276,5 @@ def extract_features(
     return encode_patches(
         slide_path, coords_level0_xy, backend, patch_level=patch_level, read_size_px=read_size_px,
         input_size_px=input_size_px, interpolation=interpolation, batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers, reader=cfg.reader, mpp=mpp, progress=progress,
+        num_workers=cfg.num_workers, reader=cfg.reader, resize=cfg.resize, mpp=mpp, progress=progress,
     )  # fmt: skip

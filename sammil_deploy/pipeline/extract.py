@@ -180,6 +180,7 @@ def extract_slide(
             nothing is left in ``out_dir`` for this slide then.
     """
     from sammil_deploy.features.bag import FeatureBag
+    from sammil_deploy.features.engine import resize_method, resize_place
     from sammil_deploy.features.extract import build_encoder, open_feature_backend
     from sammil_deploy.features.store import write_bag
     from sammil_deploy.patching import make_patch_grid, require_patch_fits
@@ -210,7 +211,7 @@ def extract_slide(
     features = encode_patches(
         path, grid, backend, input_size_px=encoder.input_size_px,
         interpolation=cfg.features.interpolation or encoder.interpolation, batch_size=cfg.features.batch_size,
-        num_workers=cfg.features.num_workers, reader=cfg.features.reader, mpp=cfg.mpp,
+        num_workers=cfg.features.num_workers, reader=cfg.features.reader, resize=cfg.features.resize, mpp=cfg.mpp,
         progress=None if progress is None else lambda done, total: progress(path, done, total),
     )  # fmt: skip
     stages["features"] = _lap(start, stages)
@@ -224,7 +225,13 @@ def extract_slide(
         patch_level=grid.patch_level,
         context=context,
         attrs=_provenance(cfg, encoder, info, grid, segmentation.config, assignment.mode)
-        | {"feature_backend": backend_label(backend), "slide_reader": reader_name},
+        | {
+            "feature_backend": backend_label(backend),
+            "slide_reader": reader_name,
+            "resize_method": resize_method(
+                cfg.features.interpolation or encoder.interpolation, resize_place(cfg.features.resize, backend.device)
+            ),
+        },
     )
     out_path, seg_path = features_path_for(out_dir, path), segments_path_for(out_dir, path)
     saved_seg: Path | None = None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sammil_deploy.features.engine import RESIZE_METHOD
+from sammil_deploy.features.engine import resize_method
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -103,6 +103,7 @@ def bag_attrs(
     membership: str,
     feature_backend: str = "unknown",
     slide_reader: str = "unknown",
+    resize_place: str = "host",
 ) -> dict[str, Any]:
     """Feature-file provenance: encoder and weights, every stage config, slide geometry (the store adds the version)."""
     return {
@@ -110,7 +111,7 @@ def bag_attrs(
         "encoder_meta": encoder_meta,
         "encoder_weights_sha256": encoder_meta["weights_sha256"],
         "resize_interpolation": interpolation,
-        "resize_method": RESIZE_METHOD.format(interpolation),
+        "resize_method": resize_method(interpolation, resize_place),
         "feature_backend": feature_backend,
         "slide_reader": slide_reader,
         "precision": precision,
@@ -138,6 +139,7 @@ def encode_patches(
     num_workers: int,
     prefetch_batches: int = 2,
     reader: str = "auto",
+    resize: str = "auto",
     mpp: float | None = None,
     progress: ProgressFn | None = None,
 ) -> np.ndarray:
@@ -153,7 +155,7 @@ def encode_patches(
     features = engine_encode(
         slide_path, grid.coords_level0_xy, backend, patch_level=grid.patch_level, read_size_px=grid.patch_size_px,
         input_size_px=input_size_px, interpolation=interpolation, batch_size=batch_size, num_workers=num_workers,
-        prefetch_batches=prefetch_batches, reader=reader, mpp=mpp, progress=progress,
+        prefetch_batches=prefetch_batches, reader=reader, resize=resize, mpp=mpp, progress=progress,
     )  # fmt: skip
     if feature_dim is not None and features.shape[1] != feature_dim:
         from sammil_deploy.errors import InputSpecError
