@@ -18,6 +18,7 @@ from sammil_deploy.errors import ConfigError
 from sammil_deploy.features.extract import ExtractConfig
 from sammil_deploy.patching import PatchConfig
 from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord, run_batch
+from sammil_deploy.pipeline.lookahead import Lookahead
 from sammil_deploy.segment import SegmentConfig
 from sammil_deploy.tissue import TissueConfig, tissue_preset
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from sammil_deploy.features.encoders import PatchEncoder
     from sammil_deploy.patching import PatchGrid
     from sammil_deploy.runtime import Backend
+    from sammil_deploy.segment import PatchAssignment, SamImage, Segmentation
     from sammil_deploy.slide import SlideInfo
 
 log = logging.getLogger(__name__)
@@ -159,6 +161,7 @@ def extract_slide(
     backend: Backend | None = None,
     sam: Sam | None = None,
     progress: PatchProgress | None = None,
+    prepared: PreparedExtract | None = None,
 ) -> ExtractResult:
     """Run the whole extraction on one slide and write its feature file.
 
@@ -171,6 +174,7 @@ def extract_slide(
             when None.
         sam: A loaded SAM model to reuse across slides (``segment.automask.load_sam``); loaded when needed.
         progress: Called as ``progress(slide, patches_done, patches_total)`` during feature extraction.
+        prepared: The slide's :func:`prepare_extract` result when it was prepared ahead; done here when None.
 
     Returns:
         Counts, provenance and per-stage timings.
@@ -183,30 +187,23 @@ def extract_slide(
     from sammil_deploy.features.engine import resize_method, resize_place
     from sammil_deploy.features.extract import build_encoder, open_feature_backend
     from sammil_deploy.features.store import write_bag
-    from sammil_deploy.patching import make_patch_grid, require_patch_fits
-    from sammil_deploy.pipeline.stages import encode_patches, segment_patches, spatial_context
+    from sammil_deploy.pipeline.stages import encode_patches, spatial_context
     from sammil_deploy.segment.io import save_segmentation
-    from sammil_deploy.slide import open_slide
-    from sammil_deploy.tissue import detect_tissue
 
     path = Path(path)
-    start = time.perf_counter()
-    stages: dict[str, float] = {}
     encoder = encoder if encoder is not None else build_encoder(cfg.features)
     if backend is None:
         with open_feature_backend(encoder, cfg.features) as own:
             return extract_slide(path, cfg, out_dir, encoder=encoder, backend=own, sam=sam, progress=progress)
-
-    with open_slide(path, reader=cfg.features.reader, mpp=cfg.mpp) as reader:
-        info, reader_name = reader.info, reader.name
-        require_patch_fits(info, cfg.patch)
-        tissue = detect_tissue(reader, cfg.tissue)
-        grid = make_patch_grid(info, tissue, cfg.patch)
-        stages["tissue_patching"] = _lap(start)
-        sam_image, segmentation, assignment = segment_patches(
-            reader, tissue.bbox_level0, grid.coords_level0_xy, grid.patch_size_level0_px, cfg.segment, sam=sam
-        )
-        stages["segmentation"] = _lap(start, stages)
+    prepared = prepared if prepared is not None else prepare_extract(path, cfg, sam=sam)
+    info, reader_name, grid, stages, start = (
+        prepared.info,
+        prepared.reader_name,
+        prepared.grid,
+        prepared.stages,
+        prepared.start,
+    )
+    sam_image, segmentation, assignment = prepared.sam_image, prepared.segmentation, prepared.assignment
 
     features = encode_patches(
         path, grid, backend, input_size_px=encoder.input_size_px,
@@ -260,6 +257,46 @@ def extract_slide(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedExtract:
+    """A slide after tissue detection, patch grid and segmentation (what can run one slide ahead)."""
+
+    info: SlideInfo
+    reader_name: str
+    grid: PatchGrid
+    sam_image: SamImage
+    segmentation: Segmentation
+    assignment: PatchAssignment
+    stages: dict[str, float]
+    start: float
+
+
+def prepare_extract(path: Path, cfg: SlideExtractConfig, *, sam: Sam | None = None) -> PreparedExtract:
+    """Open the slide, detect tissue, lay the patch grid, read the SAM image and segment it.
+
+    Raises:
+        SlideError, TissueError, PatchingError, SegmentationError: Bad slide.
+    """
+    from sammil_deploy.patching import make_patch_grid, require_patch_fits
+    from sammil_deploy.pipeline.stages import segment_patches
+    from sammil_deploy.slide import open_slide
+    from sammil_deploy.tissue import detect_tissue
+
+    start = time.perf_counter()
+    stages: dict[str, float] = {}
+    with open_slide(path, reader=cfg.features.reader, mpp=cfg.mpp) as reader:
+        info = reader.info
+        require_patch_fits(info, cfg.patch)
+        tissue = detect_tissue(reader, cfg.tissue)
+        grid = make_patch_grid(info, tissue, cfg.patch)
+        stages["tissue_patching"] = _lap(start)
+        sam_image, segmentation, assignment = segment_patches(
+            reader, tissue.bbox_level0, grid.coords_level0_xy, grid.patch_size_level0_px, cfg.segment, sam=sam
+        )
+        stages["segmentation"] = _lap(start, stages)
+    return PreparedExtract(info, reader.name, grid, sam_image, segmentation, assignment, stages, start)
+
+
 def extract_slides(
     paths: Iterable[Path],
     cfg: SlideExtractConfig,
@@ -271,6 +308,9 @@ def extract_slides(
     progress: PatchProgress | None = None,
 ) -> BatchSummary[ExtractResult]:
     """``extract_slide`` over many slides, loading the encoder (and SAM) once.
+
+    Slide k+1's tissue detection and segmentation run in a helper thread while slide k is encoded
+    (``pipeline.lookahead``).
 
     Slides whose feature file exists are skipped unless ``overwrite``; a slide that raises a SammilError is
     recorded and the run goes on (unless ``continue_on_error`` is False).
@@ -302,14 +342,24 @@ def extract_slides(
             from sammil_deploy.segment.automask import load_sam
 
             sam = load_sam(cfg.segment)
-        return run_batch(
-            paths,
-            lambda p: extract_slide(p, cfg, out_dir, encoder=encoder, backend=backend, sam=sam, progress=progress),
-            lambda p: features_path_for(out_dir, p),
-            overwrite=overwrite,
-            continue_on_error=continue_on_error,
-            on_record=on_record,
-        )
+        with Lookahead(todo, lambda p: prepare_extract(p, cfg, sam=sam), lambda _prepared: None) as ahead:
+            return run_batch(
+                paths,
+                lambda p: extract_slide(
+                    p,
+                    cfg,
+                    out_dir,
+                    encoder=encoder,
+                    backend=backend,
+                    sam=sam,
+                    progress=progress,
+                    prepared=ahead.take(p),
+                ),  # fmt: skip
+                lambda p: features_path_for(out_dir, p),
+                overwrite=overwrite,
+                continue_on_error=continue_on_error,
+                on_record=on_record,
+            )
     finally:
         if backend is not None:
             backend.close()
