@@ -209,7 +209,11 @@ def fast_levels(path: Path, info: SlideInfo) -> dict[int, TiledLevel]:
     """
     if info.vendor not in TILED_VENDORS:
         return {}
+    import imagecodecs
     import tifffile
+
+    if not getattr(imagecodecs, "JPEG8", None) or not imagecodecs.JPEG8.available:  # a build without libjpeg
+        return {}
 
     try:
         with tifffile.TiffFile(path) as tif:
