@@ -116,6 +116,24 @@ def test_gpu_extraction_matches_cpu(real_slide_path, precision):
     assert cos.min() > (0.9999 if precision == "fp32" else 0.99)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("resize", ["host", "device"])
+def test_gpu_onnxruntime_engine_matches_cpu(real_slide_path, encoder, tmp_path, resize):
+    """The engine's CUDA loop with ONNX Runtime's IO binding (pinned batches, side-stream copies)."""
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu (CUDA execution provider) is not installed")
+    feats = {}
+    for device in ("cpu", "cuda"):
+        cfg = ExtractConfig(allow_random=True, device=device, backend="onnxruntime", batch_size=2, num_workers=2,
+                            resize=resize)  # fmt: skip
+        with open_feature_backend(encoder, cfg, cache_dir=tmp_path) as backend:
+            feats[device] = _extract(real_slide_path, backend, cfg)
+    cpu, gpu = feats["cpu"], feats["cuda"]
+    cos = (cpu * gpu).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(gpu, axis=1)
+    assert cos.min() > 0.9999
+
+
 def test_config_validation():
     with pytest.raises(ConfigError, match="precision"):
         ExtractConfig(precision="int8")
