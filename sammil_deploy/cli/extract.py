@@ -50,6 +50,20 @@ def extract_cmd(
     interpolation: Annotated[
         str | None, typer.Option(help="Patch resize: bicubic (SAM-MIL) or bilinear (CLAM).")
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Encoder runtime: auto (onnxruntime on the CPU when installed, else torch), torch, "
+            "onnxruntime or tensorrt (with --model-file)."
+        ),  # fmt: skip
+    ] = None,
+    model_file: Annotated[
+        Path | None, typer.Option(help="Exported encoder to run (resnet50 .onnx or TensorRT .plan from `export`).")
+    ] = None,
+    reader: Annotated[
+        str | None,
+        typer.Option(help="Slide reader: auto (tile-aligned JPEG decoding where possible), openslide, tiled."),
+    ] = None,
     patch_size: Annotated[int | None, typer.Option(help="Patch side in level-0 px (SAM-MIL: 512).")] = None,
     mpp: Annotated[float | None, typer.Option(help="Microns per level-0 pixel, if the slide has none.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo slides whose feature file exists.")] = False,
@@ -77,6 +91,9 @@ def extract_cmd(
             "features.device": device,
             "features.precision": precision,
             "features.interpolation": interpolation,
+            "features.backend": backend,
+            "features.model_file": model_file,
+            "features.reader": reader,
             "patch.patch_size_px": patch_size,
             "mpp": mpp,
         },

@@ -57,6 +57,7 @@ def write_outputs(
         start: ``time.perf_counter()`` at the slide's start.
     """
     from sammil_deploy.features.bag import FeatureBag
+    from sammil_deploy.features.engine import resize_place
     from sammil_deploy.features.store import write_bag
     from sammil_deploy.pipeline.extract import features_path_for
     from sammil_deploy.pipeline.geojson import patch_tiles_geojson, write_geojson
@@ -107,6 +108,8 @@ def write_outputs(
                 interpolation=bundle.encoder["interpolation"], precision=cfg.precision,
                 extract_config=bundle.manifest["preprocess"], info=info, grid=grid,
                 segmenter_config=segmentation.config, membership=bundle.preprocess.segment.membership,
+                feature_backend=models.stage_backends.get("features", "unknown"), slide_reader=reader.name,
+                resize_place=resize_place("auto", models.features.device),
             )  # fmt: skip
             bag = FeatureBag(
                 slide_id=info.slide_id, coords_level0_xy=grid.coords_level0_xy, features=features,
