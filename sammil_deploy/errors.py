@@ -2,7 +2,13 @@
 
 
 class SammilError(Exception):
-    """Base of every error the toolkit raises on purpose; the CLI maps it to exit code 1."""
+    """Base of every error the toolkit raises on purpose; the CLI exits with its ``exit_code``.
+
+    Exit codes: 1 bad input or configuration (this class), 2 command-line usage (Click), 3 the output cannot be
+    written (:class:`OutputError`).
+    """
+
+    exit_code = 1
 
 
 class ConfigError(SammilError):
@@ -59,3 +65,17 @@ class BackendError(SammilError):
 
 class InputSpecError(BackendError):
     """Inputs given to a backend do not match its declared names, shapes or dtypes."""
+
+
+class OutputError(SammilError):
+    """An output cannot be written: disk full, read-only file system, permission denied, unusable folder.
+
+    The environment, not the input, is at fault, so a batch stops (the next slide would fail the same way)
+    keeping what finished; rerunning after the fix resumes. Exit code 3.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, errno_code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno_code = errno_code

@@ -212,3 +212,40 @@ def tiny_export(tmp_path_factory, tiny_mil_checkpoint, random_resnet_weights, re
         allow_random_weights=True, parity_slide=real_slide_path, calibration_slides=(real_slide_path,),
     )  # fmt: skip
     return report, out_dir
+
+
+# --- a small torch-backend inference bundle (random encoder, 1024-d MIL head), for fault and long-run tests --------
+
+
+@pytest.fixture(scope="session")
+def random_torch_bundle(tmp_path_factory, random_resnet_weights) -> Path:
+    """Bundle without exported parts (backend torch): random ResNet50-trunc, tiny 1024-d MIL head, fallback SAM."""
+    from sammil_deploy.mil.checkpoint import make_meta, save_checkpoint
+    from sammil_deploy.mil.config import ModelConfig
+    from sammil_deploy.mil.model import build_model
+    from sammil_deploy.pipeline.bundle import make_bundle
+    from sammil_deploy.pipeline.extract import load_extract_config
+
+    model_cfg = ModelConfig(in_dim=1024, embed_dim=32, attn_dim=16)
+    meta = make_meta(model_cfg, class_names=("normal", "tumor"), group_tokens=True, feature_extractor="resnet50_trunc")
+    ckpt = save_checkpoint(tmp_path_factory.mktemp("bundle_ckpt") / "fold0", build_model(model_cfg), meta)
+    extract_cfg = load_extract_config(
+        preset="bwh_biopsy", overrides={"features.weights": random_resnet_weights, "segment.segmenter": "fallback"}
+    )
+    out = tmp_path_factory.mktemp("torch_bundle") / "bundle"
+    make_bundle(out, ckpt, None, extract_cfg)
+    return out
+
+
+def write_small_slides(folder: Path, seeds: tuple[int, ...], size_px: tuple[int, int] = (1536, 1280)) -> list[Path]:
+    """Synthetic slides ``s<seed>.svs`` at 0.5 mpp (a few 512 px patches each)."""
+    from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in seeds:
+        path = folder / f"s{seed}.svs"
+        spec = SyntheticSlideSpec(width_px=size_px[0], height_px=size_px[1], mpp=0.5, seed=seed, n_lumens=0)
+        write_synthetic_slide(path, spec)
+        paths.append(path)
+    return paths

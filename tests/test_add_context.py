@@ -45,6 +45,8 @@ def test_clam_h5_gets_consistent_context(clam_files, real_slide_path, tmp_path):
         tmp_path / "out",
         "--segmenter",
         "fallback",
+        "--preset",
+        "bwh_biopsy",  # the real slide's small tissue: frames the SAM image as extract does
     )
     assert result.returncode == 0, result.stderr
     bag = read_bag(tmp_path / "out" / f"{real_slide_path.stem}.h5")
@@ -77,6 +79,8 @@ def test_pt_input_and_official_layout(clam_files, real_slide_path, tmp_path):
         "official",
         "--segmenter",
         "fallback",
+        "--preset",
+        "bwh_biopsy",  # the real slide's small tissue: frames the SAM image as extract does
     )
     assert result.returncode == 0, result.stderr
     path = tmp_path / "off" / f"{real_slide_path.stem}.h5"

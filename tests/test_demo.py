@@ -86,3 +86,19 @@ def test_demo_end_to_end_and_resume(tmp_path):
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"])  # resumes: every stage reused
     assert again.exit_code == 0, again.output
     assert all(s["status"] == "reused" for s in json.loads((out / "demo_summary.json").read_text())["stages"])
+
+
+def test_demo_sam_folder_claim_and_weights(tmp_path):
+    from sammil_deploy.pipeline import demo_sam
+    from sammil_deploy.segment.sam_model import build_sam
+
+    demo_sam.claim_folder(tmp_path, "sam")
+    demo_sam.claim_folder(tmp_path, "sam")  # the same segmenter again: fine
+    with pytest.raises(ConfigError, match="made with --sam"):
+        demo_sam.claim_folder(tmp_path, "fallback")
+    weights = demo_sam.write_random_sam(tmp_path / "weights" / demo_sam.SAM_WEIGHTS_NAME, seed=0)
+    sam = build_sam("tiny", weights)  # loads with weights_only, as extract and export do
+    assert float(sam.mask_decoder.iou_prediction_head.layers[-1].bias.mean()) > 0.3  # the calibrated IoU head
+    overrides = demo_sam.segment_overrides(weights)
+    assert list(overrides)[0] == "segment.sam_checkpoint"  # set before the segmenter that needs it
+    assert demo_sam.segment_overrides(None) == {"segment.segmenter": "fallback"}

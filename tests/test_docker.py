@@ -77,6 +77,15 @@ def test_cpu_image_has_no_gpu_stack_and_gpu_image_has_it():
     assert "pypi.nvidia.com" in gpu
 
 
+def test_gpu_image_tensorrt_matches_onnxruntime_provider_and_has_ray():
+    gpu = DOCKERFILES["cuda-image"].read_text()
+    # onnxruntime-gpu's TensorRT provider links libnvinfer.so.10: the default TensorRT must stay on 10.x
+    default = re.search(r'^ARG TENSORRT_PACKAGE="?([^"\n]+)"?$', gpu, re.M).group(1)
+    assert re.fullmatch(r"tensorrt-cu\d+>=10\.\d+,<11", default), default
+    assert "tensorrt_libs" in gpu  # where the provider finds libnvinfer.so.10
+    assert re.search(r'pip install "\.\[[^]]*\bray\b[^]]*\]"', gpu)  # infer --ray works in the image
+
+
 def test_readme_documents_build_run_and_mounts():
     text = (DOCKER / "README.md").read_text()
     for needle in ("docker build -f docker/Dockerfile.gpu", "docker run --rm --gpus all", "/data", "/weights", "/out"):

@@ -141,6 +141,15 @@ def test_resnet_folds_normalisation_and_matches_encoder(tiny_export, random_resn
     np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_resnet_uint8_input_feeds_a_cast_directly(tiny_export):
+    # TensorRT accepts a UINT8 network input only when its consumers are Casts (NVIDIA/TensorRT#3985).
+    report, _ = tiny_export
+    for artifact in _part(report, "resnet50").artifacts:
+        graph = onnx.load(str(artifact.path), load_external_data=False).graph
+        consumers = [n.op_type for n in graph.node if "patches" in n.input]
+        assert consumers == ["Cast"], (artifact.path.name, consumers)
+
+
 def test_int8_resnet_has_symmetric_qdq(tiny_export):
     report, _ = tiny_export
     int8 = _part(report, "resnet50").artifacts[1]

@@ -17,7 +17,13 @@ import torch
 from sammil_deploy.cli import main
 from sammil_deploy.errors import BackendError, MissingDependencyError
 from sammil_deploy.export.config import DimRange
-from sammil_deploy.export.tensorrt import ort_tensorrt_providers, profile_from_ranges, require_tensorrt_gpu
+from sammil_deploy.export.tensorrt import (
+    attach_timing_cache,
+    ort_tensorrt_providers,
+    profile_from_ranges,
+    require_tensorrt_gpu,
+    save_timing_cache,
+)
 
 HAS_TRT_GPU = torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
 
@@ -36,6 +42,54 @@ def test_profile_from_metadata_specs():
     assert providers[-1] == "CPUExecutionProvider"
     assert options["trt_profile_max_shapes"] == "image_embeddings:1x256x64x64,point_coords:256x1x2"
     assert options["trt_engine_cache_enable"] is True
+
+
+class _BuilderConfigStandIn:
+    """TensorRT's documented timing-cache contract, for the CPU: a blob from another TensorRT version or GPU is
+    refused by ``set_timing_cache`` (False), and ``get_timing_cache`` is None while no cache is attached."""
+
+    def __init__(self, accepted_header: bytes = b"TRT-11.1/sm_90") -> None:
+        self.accepted_header = accepted_header
+        self.attached = None
+
+    def create_timing_cache(self, blob: bytes) -> bytes:
+        return bytes(blob)
+
+    def set_timing_cache(self, cache: bytes, ignore_mismatch: bool) -> bool:
+        assert ignore_mismatch is False  # a foreign cache must never be merged silently
+        if cache and not cache.startswith(self.accepted_header):
+            return False
+        self.attached = cache
+        return True
+
+    def get_timing_cache(self):
+        if self.attached is None:
+            return None
+        blob = self.attached or self.accepted_header
+
+        class _Cache:
+            def serialize(self) -> bytes:
+                return blob
+
+        return _Cache()
+
+
+def test_timing_cache_from_another_gpu_falls_back_to_a_fresh_one(tmp_path):
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"TRT-10.13/sm_80 stale timings")
+    config = _BuilderConfigStandIn()
+    assert attach_timing_cache(config, cache) is False
+    assert config.attached == b""  # a fresh cache, so the build still records timings
+    assert save_timing_cache(config, cache)
+    assert cache.read_bytes() == b"TRT-11.1/sm_90"
+    # the rewritten cache is now accepted
+    assert attach_timing_cache(_BuilderConfigStandIn(), cache) is True
+
+
+def test_missing_timing_cache_after_build_does_not_crash(tmp_path):
+    config = _BuilderConfigStandIn()  # nothing attached: get_timing_cache() is None
+    assert save_timing_cache(config, tmp_path / "timing.cache") is False
+    assert not (tmp_path / "timing.cache").exists()
 
 
 @pytest.mark.skipif(HAS_TRT_GPU, reason="TensorRT and a GPU are present")

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from sammil_deploy.cli import main
 from sammil_deploy.features.encoders import create_encoder
-from sammil_deploy.features.extract import ExtractConfig, extract_features
+from sammil_deploy.features.extract import ExtractConfig, extract_features, open_feature_backend
 from sammil_deploy.features.store import read_bag
 from sammil_deploy.pipeline.extract import extract_slide, load_extract_config
 from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
@@ -72,9 +72,12 @@ def test_real_slide_bag_is_consistent(tmp_path, real_slide_path, encoder):
 
     # Rows are in coords order: re-encode two patches directly from their coordinates.
     rows = [0, bag.n_patches - 1]
-    direct = extract_features(
-        real_slide_path, bag.coords_level0_xy[rows], 1024, encoder, ExtractConfig(allow_random=True, num_workers=0)
-    )
+    direct_cfg = ExtractConfig(allow_random=True, num_workers=0, device="cpu", backend="torch", reader="openslide")
+    with open_feature_backend(encoder, direct_cfg) as backend:
+        direct = extract_features(
+            real_slide_path, bag.coords_level0_xy[rows], 1024, backend, direct_cfg,
+            input_size_px=224, interpolation="bicubic",
+        )  # fmt: skip
     np.testing.assert_allclose(bag.features[rows], direct, rtol=1e-4, atol=1e-4)
 
     # Eq. 3: each group token is the mean of its member patches' stored features.

@@ -10,7 +10,8 @@ SAM-MIL's thresholds (0.6/0.6) nothing survives. Two ways around it, both stated
 Random SAM masks are image-sized blobs, so box NMS leaves one or two of them. To compare many masks (NMS within
 and between crops, crop-edge filtering, small-region cleanup), ``_disc_sam`` keeps the tiny SAM's real image
 encoder but swaps its prompt encoder and mask decoder for a deterministic point decoder whose three masks are
-discs around the prompt modulated by the image embedding; the reference generator runs it unchanged.
+discs around the prompt modulated by the image embedding (``bench.maskgen.many_mask_sam``); the reference
+generator runs it unchanged.
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from sammil_deploy.bench.maskgen import many_mask_sam
 from sammil_deploy.segment import SegmentConfig, segment_image
 from sammil_deploy.segment.automask import sam_segment
 from sammil_deploy.segment.fast_automask import FastMaskGenerator
-from sammil_deploy.segment.postprocess import mask_boxes, remove_small_regions_in_box, stability_and_boxes
+from sammil_deploy.segment.postprocess import (
+    mask_boxes,
+    remove_small_regions_in_box,
+    stability_and_boxes,
+    upscale_logits,
+)
 from sammil_deploy.segment.sam_model import build_sam
 from sammil_deploy.segment.segmentation import Segmentation
 
@@ -51,46 +57,8 @@ def _scaled_tiny_sam(seed: int = 0):
     return sam
 
 
-class _PointPassThrough(nn.Module):
-    """Prompt encoder stand-in: hands the (P, 1, 2) input-frame points to the decoder as the sparse embedding."""
-
-    def forward(self, points, boxes=None, masks=None):
-        coords, _ = points
-        return coords.float(), torch.zeros(1)
-
-    def get_dense_pe(self) -> torch.Tensor:
-        return torch.zeros(1)
-
-
-class _DiscDecoder(nn.Module):
-    """Three disc masks (radii 6, 12, 24 input px) around each point, bent by the image embedding's channel 0."""
-
-    def __init__(self, input_size_px: int, low_res_px: int) -> None:
-        super().__init__()
-        centres = (torch.arange(low_res_px, dtype=torch.float32) + 0.5) * (input_size_px / low_res_px)
-        self.register_buffer("grid_y", centres[:, None].expand(low_res_px, low_res_px).clone())
-        self.register_buffer("grid_x", centres[None, :].expand(low_res_px, low_res_px).clone())
-        self.register_buffer("radii", torch.tensor([6.0, 12.0, 24.0]))
-
-    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output):
-        from torch.nn import functional as F
-
-        xy = sparse_prompt_embeddings[:, 0]  # (P, 2)
-        dist = torch.hypot(self.grid_x - xy[:, 0, None, None], self.grid_y - xy[:, 1, None, None])  # (P, h, w)
-        feature = F.interpolate(image_embeddings[:, :1], self.grid_x.shape, mode="bilinear", align_corners=False)
-        feature = (feature - feature.mean()) / (feature.std() + 1e-6)  # (1, 1, h, w)
-        logits = 12.0 * (self.radii[None, :, None, None] - dist[:, None]) / self.radii[None, :, None, None]
-        logits = logits + 3.0 * feature
-        iou = torch.sigmoid(feature.flatten().mean() + torch.stack([xy[:, 0] - xy[:, 1]] * 3, 1) / 40.0)
-        return logits, iou.expand(len(xy), 3)
-
-
 def _disc_sam(seed: int = 0):
-    sam = _tiny_sam(seed)
-    size = sam.image_encoder.img_size
-    sam.prompt_encoder = _PointPassThrough()
-    sam.mask_decoder = _DiscDecoder(size, size // 4)
-    return sam
+    return many_mask_sam(seed)
 
 
 def _blurred_noise(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -150,8 +118,11 @@ def test_matches_reference_on_real_thumbnail(thumbnail):
 def test_matches_reference_with_many_masks_and_crops(thumbnail):
     sam = _disc_sam()
     ref, fast = _compare(sam, thumbnail[:160, :192].copy(), min_reference=15, points_per_side=8)
-    # Same algorithm, same order: masks pair up one to one and nearly pixel-identical.
+    # Same algorithm, same order: masks pair up one to one, every mask has a partner of IoU >= 0.99 both ways.
+    from sammil_deploy.segment.compare import mask_agreement
+
     assert fast.n_masks == ref.n_masks
+    assert mask_agreement(ref, fast).min_iou >= 0.99
     same = [np.array_equal(fast.mask(k), ref.mask(k)) for k in range(ref.n_masks)]
     assert np.mean(same) >= 0.9
 
@@ -195,6 +166,34 @@ def test_stability_and_boxes_match_upstream():
 
 
 @pytest.mark.parametrize(
+    ("resized_hw", "crop_hw"), [((128, 96), (1024, 766)), ((96, 128), (600, 455)), ((128, 128), (128, 128))]
+)
+def test_windowed_upsampling_matches_postprocess_masks(resized_hw, crop_hw):
+    from sammil_deploy.segment.upsample import CropUpsampler
+
+    gen = torch.Generator().manual_seed(7)
+    coarse = torch.randn(12, 1, 6, 6, generator=gen)
+    low_res = torch.nn.functional.interpolate(coarse, (32, 32), mode="bilinear")[:, 0] * 10 - 8  # blobs
+    low_res[2] = -5.0  # empty at every cut
+    full = upscale_logits(low_res, 128, resized_hw, crop_hw)
+    up = CropUpsampler(32, 128, resized_hw, crop_hw, torch.device("cpu"))
+    windows = up.windows(low_res, -1.0)
+    assert windows[2, 1] == windows[2, 0]
+    assert (windows[:, 1] - windows[:, 0]).float().mean() < crop_hw[0]  # the windows do save work
+    for k, (y0, y1, x0, x1) in enumerate(windows.tolist()):
+        outside = torch.ones(crop_hw, dtype=torch.bool)
+        outside[y0:y1, x0:x1] = False
+        assert not (full[k][outside] > -1.0).any()  # nothing above the loosest cut is missed
+        if y1 > y0:
+            got = up.logits(low_res[k], (y0, y1, x0, x1))
+            torch.testing.assert_close(got, full[k, y0:y1, x0:x1], atol=1e-5, rtol=1e-6)
+    stability, boxes = up.stability_and_boxes(low_res, 0.0, 1.0)
+    ref_stability, ref_boxes = stability_and_boxes(full, 0.0, 1.0)
+    torch.testing.assert_close(stability, ref_stability, equal_nan=True)
+    assert torch.equal(boxes, ref_boxes)
+
+
+@pytest.mark.parametrize(
     "case", ["interior", "spans_width", "spans_height", "corner", "small_outside", "all_small_islands"]
 )
 def test_remove_small_regions_in_box_matches_full_image(case):
@@ -227,42 +226,101 @@ def test_remove_small_regions_in_box_matches_full_image(case):
     np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.slow
-def test_onnxruntime_sessions_give_the_reference_masks(tmp_path, thumbnail):
-    # ~30 s on the shared 2-core machine, all of it the two torch.onnx exports of the tiny SAM.
-    ort = pytest.importorskip("onnxruntime")
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    """The tiny SAM's encoder, its point decoder (scaled random SAM) and the disc stand-in, exported to ONNX.
+
+    ``_scaled_tiny_sam()`` and ``_disc_sam()`` share the seed-0 tiny encoder, so one encoder file serves both.
+    """
+    pytest.importorskip("onnxruntime")
+    from sammil_deploy.bench.maskgen import DiscPointDecoder
     from sammil_deploy.export import sam as sam_export
     from sammil_deploy.export.onnx_export import export_onnx
 
+    out = tmp_path_factory.mktemp("tiny_onnx")
     sam = _scaled_tiny_sam()
     size = sam.image_encoder.img_size
+    embedding = torch.randn(1, 32, size // 16, size // 16)
+    points = (torch.rand(5, 1, 2) * size, torch.ones(5, 1))
     export_onnx(
         sam.image_encoder,
         sam_export.encoder_spec(sam, "tiny", "random"),
         (torch.randn(2, 3, size, size),),
-        tmp_path / "encoder.onnx",
+        out / "encoder.onnx",
     )
-    export_onnx(
-        sam_export.SamPointDecoder(sam),
-        sam_export.decoder_spec(sam, "tiny", "random"),
-        (torch.randn(1, 32, size // 16, size // 16), torch.rand(3, 1, 2) * size, torch.ones(3, 1)),
-        tmp_path / "decoder.onnx",
-    )
+    spec = sam_export.decoder_spec(sam, "tiny", "random")
+    export_onnx(sam_export.SamPointDecoder(sam), spec, (embedding, *points), out / "decoder.onnx")
+    export_onnx(DiscPointDecoder(_disc_sam().mask_decoder), spec, (embedding, *points), out / "disc_decoder.onnx")
+    return out
+
+
+def _ort_generator(folder, decoder: str, cfg: SegmentConfig) -> FastMaskGenerator:
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     sessions = [
-        ort.InferenceSession(str(tmp_path / name), options, providers=["CPUExecutionProvider"])
-        for name in ("encoder.onnx", "decoder.onnx")
+        ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
+        for name in ("encoder.onnx", decoder)
     ]
+    return FastMaskGenerator.from_sessions(*sessions, cfg, 128, name="sam_fast_tiny_onnx")
+
+
+@pytest.mark.slow
+def test_onnxruntime_sessions_give_the_reference_masks(tiny_onnx, thumbnail):
+    # ~30 s on the shared 2-core machine, most of it the torch.onnx exports of the tiny SAM.
     cfg = SegmentConfig(segmenter="sam", sam_model="tiny", device="cpu", points_per_side=8)
-    fast = FastMaskGenerator.from_sessions(*sessions, cfg, size, name="sam_fast_tiny_onnx").generate(thumbnail)
-    reference = sam_segment(thumbnail, cfg, sam=sam)
+    fast = _ort_generator(tiny_onnx, "decoder.onnx", cfg).generate(thumbnail)
+    reference = sam_segment(thumbnail, cfg, sam=_scaled_tiny_sam())
     assert fast.segmenter == "sam_fast_tiny_onnx"
     assert fast.n_masks == reference.n_masks >= 1
     assert np.median(_matched_ious(reference, fast)) >= 0.9
+
+
+@pytest.mark.slow
+def test_onnxruntime_generator_equals_torch_on_many_masks(tiny_onnx, thumbnail):
+    from sammil_deploy.segment.compare import mask_agreement
+
+    # SAM-MIL's generator settings (1 crop layer, downscale 2, 0.6/0.6) at a test-sized grid and image.
+    cfg = SegmentConfig(segmenter="sam", sam_model="tiny", device="cpu", points_per_side=12)
+    image = thumbnail[:200, :240].copy()
+    sam = _disc_sam()
+    ours_onnx = _ort_generator(tiny_onnx, "disc_decoder.onnx", cfg).generate(image)
+    ours_torch = FastMaskGenerator.from_sam(sam, cfg).generate(image)
+    reference = sam_segment(image, cfg, sam=sam)
+    assert reference.n_masks >= 30, "test setup: the stand-in should give many masks"
+    for candidate in (ours_onnx, ours_torch):
+        agreement = mask_agreement(reference, candidate)
+        assert agreement.n_candidate == agreement.n_reference
+        assert agreement.min_iou >= 0.99, agreement
 
 
 @pytest.mark.gpu
 def test_matches_reference_on_cuda(thumbnail):
     sam = _disc_sam().to("cuda")
     _compare(sam, thumbnail, min_reference=15, points_per_side=16, device="cuda")
+
+
+def test_no_mask_above_thresholds_gives_an_empty_valid_context(tmp_path):
+    # Plain random weights: no mask passes SAM-MIL's 0.6/0.6. Upstream's generator then raises IndexError in its
+    # crop NMS; every generator here returns no masks, and the slide gets a valid, empty spatial context.
+    from sammil_deploy.features.bag import FeatureBag
+    from sammil_deploy.features.store import read_bag, write_bag, write_official
+    from sammil_deploy.pipeline.stages import spatial_context
+    from sammil_deploy.segment import SamImage, assign_patches
+
+    image = _blurred_noise(96, 128)
+    sam = _tiny_sam()
+    cfg = SegmentConfig(segmenter="sam", sam_model="tiny", device="cpu", points_per_side=4)
+    sam_image = SamImage(image, (0, 0), 4.0, 0, 1.0, 4, (0, 0, 512, 384))
+    coords = np.array([[0, 0], [128, 64], [256, 256]], np.int64)
+    features = np.ones((3, 8), np.float32)
+    for segmentation in (sam_segment(image, cfg, sam=sam), FastMaskGenerator.from_sam(sam, cfg).generate(image)):
+        assert segmentation.n_masks == 0
+        for mode in ("footprint", "official"):
+            context = spatial_context(features, assign_patches(segmentation, sam_image, coords, 64, mode=mode))
+            assert context.n_groups == 0
+            assert (context.segment_id == -1).all()
+            bag = FeatureBag("empty", coords, features, 64, 0, context=context)
+            assert read_bag(write_bag(tmp_path / f"{mode}.h5", bag)).context.n_groups == 0
+            write_official(tmp_path / f"{mode}_official.h5", bag)

@@ -200,6 +200,31 @@ def test_saved_features_match_extract_format_and_mil_input(parity_runs):
     assert result.report["counts"]["segments"] == bag.context.n_groups
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_extract_and_infer_give_identical_features(parity_runs, bundle_dir, real_slide_path, tmp_path, backend):
+    """One encoding engine: `extract` on the bundle's encoder and backend writes the features `infer` saved."""
+    from dataclasses import replace
+
+    from sammil_deploy.features.store import read_bag
+    from sammil_deploy.pipeline.extract import extract_slide
+
+    bundle = load_bundle(bundle_dir)
+    model_file = bundle.require("resnet50", "onnx", "fp32").path if backend == "onnxruntime" else None
+    features_cfg = replace(
+        bundle.preprocess.features, backend=backend, model_file=model_file, device="cpu",
+        batch_size=CFG["batch_size"], num_workers=CFG["num_workers"], intra_op_threads=CFG["intra_op_threads"],
+    )  # fmt: skip
+    cfg = replace(bundle.preprocess, features=features_cfg, save_segmentation=False)
+    extracted = read_bag(extract_slide(real_slide_path, cfg, tmp_path).features_path)
+    inferred = read_bag(parity_runs[backend]["real"].paths["features"])
+    np.testing.assert_array_equal(extracted.coords_level0_xy, inferred.coords_level0_xy)
+    np.testing.assert_array_equal(extracted.features, inferred.features)
+    for bag in (extracted, inferred):
+        assert bag.attrs["feature_backend"].startswith(backend)
+        assert bag.attrs["slide_reader"] == "tiled-jpeg"  # CMU-1's JPEG tiles: the tile reader's
+        assert bag.attrs["resize_method"] == "pil-antialiased-bicubic-host"
+
+
 def test_geojson_has_one_level0_tile_per_patch(parity_runs, tumour_slide):
     from sammil_deploy.features.store import read_bag
 

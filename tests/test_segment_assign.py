@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 
@@ -45,18 +46,19 @@ def test_overlaps_smallest_wins_and_background():
         [
             [100 + 4 * 4, 200 + 4 * 4],  # [4,8)x[4,8): in big and small -> category small
             [100 + 0, 200 + 40],  # [0,4)x[10,14): only big
-            [100 + 24 * 4, 200 + 17 * 4],  # [24,28)x[17,21): touches the single pixel (27, 20) at its far corner
+            [100 + 24 * 4, 200 + 17 * 4],  # [24,28)x[17,21): touches the single pixel (27, 20): never joins it
             [100 + 20 * 4, 200 + 26 * 4],  # [20,24)x[26,30): nothing
             [100 + 2 * 4, 200 + 2 * 4],  # [2,6)x[2,6): big and small (partly)
         ]
     )
     a = assign_patches(seg, sam_image, coords, 16)
-    np.testing.assert_array_equal(a.segment_id, [1, 0, 2, -1, 1])
-    np.testing.assert_array_equal(a.segment_area_px, [16, 256, 1, 0, 16])
+    # A 1-px mask is never joined: its area 1 would read as "no mask" in the official layout's relative_area.
+    np.testing.assert_array_equal(a.segment_id, [1, 0, -1, -1, 1])
+    np.testing.assert_array_equal(a.segment_area_px, [16, 256, 0, 0, 16])
     pairs = set(zip(a.membership_patch.tolist(), a.membership_mask.tolist(), strict=True))
-    assert pairs == {(0, 0), (0, 1), (1, 0), (4, 0), (4, 1), (2, 2)}
-    np.testing.assert_array_equal(a.group_ids, [0, 1, 2])
-    np.testing.assert_array_equal(a.group_area_px, [256, 16, 1])
+    assert pairs == {(0, 0), (0, 1), (1, 0), (4, 0), (4, 1)}
+    np.testing.assert_array_equal(a.group_ids, [0, 1])
+    np.testing.assert_array_equal(a.group_area_px, [256, 16])
     # The official test only looks at the rounded top-left corner (4 px window): it misses the single pixel of
     # mask 2 (its SAM XYWH box [27, 27) x [20, 20) is empty when half-open), and patch 4, whose corner (2, 2)
     # lies outside mask 1's box, loses mask 1 and falls back to the big mask.
@@ -206,3 +208,27 @@ def test_assignment_maps_onto_spatial_context(tmp_path):
     assert seg2.segmenter == "test"
     assert seg2.tissue_area_px == 1024
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_no_patch_area_reads_as_no_mask_in_the_official_layout(tmp_path):
+    from sammil_deploy.features.store import write_official
+    from sammil_deploy.pipeline.stages import spatial_context
+
+    hw = (32, 32)
+    sam_image = make_sam_image(*hw)
+    dots = [np.zeros(hw, bool) for _ in range(2)]
+    dots[0][5, 5] = True  # 1 px: relative_area 1 would mean "no mask"
+    dots[1][20, 20:22] = True  # 2 px: joinable
+    seg = Segmentation.from_masks(dots, hw, "test")
+    coords = np.array([[100 + 4 * 4, 200 + 4 * 4], [100 + 19 * 4, 200 + 18 * 4], [100, 200 + 100]])
+    features = np.arange(len(coords) * 4, dtype=np.float32).reshape(len(coords), 4)
+    for mode in ("footprint", "official"):
+        a = assign_patches(seg, sam_image, coords, 16, mode=mode)
+        bag = FeatureBag("s", coords, features, 16, 0, context=spatial_context(features, a))
+        with h5py.File(write_official(tmp_path / f"{mode}.h5", bag)) as f:
+            area = f["relative_area"][: len(coords)]
+        # Every patch marked 1 ("no mask") really is in no mask, and no joined mask has area 1.
+        np.testing.assert_array_equal(area == 1, a.segment_id == -1)
+        assert 0 not in set(a.membership_mask.tolist())
+    footprint = assign_patches(seg, sam_image, coords, 16)
+    np.testing.assert_array_equal(footprint.segment_id, [-1, 1, -1])

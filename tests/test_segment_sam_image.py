@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from sammil_deploy.errors import SegmentationError
-from sammil_deploy.segment.sam_image import read_sam_image, sam_read_level
+from sammil_deploy.segment.sam_image import official_geometry, read_sam_image, sam_read_level
 from sammil_deploy.slide import open_slide
 
 
@@ -74,3 +74,22 @@ def test_pyramid_reads_the_level_below_d(annulus_slide):
 def test_bad_bbox_is_a_segmentation_error(real_slide_path):
     with open_slide(real_slide_path) as reader, pytest.raises(SegmentationError, match="outside the slide"):
         read_sam_image(reader, (5000, 0, 6000, 100))
+
+
+def test_official_geometry_uses_per_axis_integer_downsamples():
+    # Rounded level sizes: 10001 / 2501 = 3.9988 on x, 8000 / 2000 = 4 on y; OpenSlide reports their mean 3.9994,
+    # whose int() is 3 on both axes. SAM-MIL takes int() per axis: 3 on x, 4 on y.
+    dims = ((10001, 8000), (2501, 2000), (625, 500))
+    openslide_ds = (1.0, (10001 / 2501 + 4.0) / 2, 16.0)
+    bbox = (1000, 800, 9001, 7401)  # 8001 px wide: D = 8
+    level, residual, (w, h) = official_geometry(dims, openslide_ds, bbox, 8)
+    assert level == 1
+    assert residual == int(8 / 3)  # SAM-MIL's residual uses the x axis
+    assert w == int(9001 / 3) - int(1000 / 3)
+    assert h == 7401 // 4 - 800 // 4  # not 7401 // 3 - 800 // 3, as int(3.9994) would give
+    # Both axes must exceed D for a level to be one too far: int(3.9988) = 3 keeps level 1 at D = 2 as well.
+    assert official_geometry(dims, openslide_ds, (0, 0, 2001, 1601), 2)[0] == 0
+    assert official_geometry(dims, openslide_ds, (0, 0, 4001, 3201), 4)[0] == 1
+    # Exact pyramids: the per-axis rule and ours agree.
+    exact = ((8192, 4096), (2048, 1024), (512, 256))
+    assert official_geometry(exact, (1.0, 4.0, 16.0), (0, 0, 8192, 4096), 8) == (1, 2, (2048, 1024))

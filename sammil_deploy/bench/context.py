@@ -23,7 +23,8 @@ class BenchContext:
         threads: torch / ONNX Runtime intra-op threads (0: their defaults).
         timing: Warm-up and repeat policy.
         work_dir: Scratch folder (exports, synthetic slide).
-        slide: Slide used by reading, extraction, mask generation and end to end.
+        slide: Slide used by mask generation (and by the pipeline components without ``pipeline_slide``).
+        pipeline_slide: Slide of reading, extraction and end to end (default: ``slide``).
         seed: Seed of random inputs.
         progress: Called with a short message before each measurement.
         exports: Per-run ONNX/TensorRT artifacts.
@@ -36,10 +37,13 @@ class BenchContext:
     slide: Path
     seed: int = 0
     progress: Progress = field(default=lambda _message: None)
+    pipeline_slide: Path | None = None
     exports: ExportCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.exports = ExportCache(self.work_dir / "exports")
+        if self.pipeline_slide is None:
+            self.pipeline_slide = self.slide
 
     @property
     def timer(self) -> Timer:
@@ -59,15 +63,14 @@ class BenchContext:
         path = self.work_dir / "weights" / "resnet50_trunc_random.safetensors"
         if not path.is_file():
             import torch
-            from safetensors.torch import save_file
 
             from sammil_deploy.features.encoders import create_encoder
+            from sammil_deploy.io_atomic import save_safetensors
 
-            path.parent.mkdir(parents=True, exist_ok=True)
             with torch.random.fork_rng():
                 torch.manual_seed(self.seed)
                 encoder = create_encoder("resnet50_trunc", allow_random=True)
-            save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path))
+            save_safetensors(path, {k: v.contiguous() for k, v in encoder.state_dict().items()})
         return path
 
     def mil_checkpoint(self) -> Path:

@@ -77,8 +77,12 @@ def bench_end_to_end(cfg: EndToEndBench, ctx: BenchContext) -> list[BenchmarkRes
     from sammil_deploy.pipeline.infer import InferConfig, run_slide
     from sammil_deploy.pipeline.models import load_models
 
-    variants = reference_first(cfg.variants, "end_to_end.variants")
-    size = f"{ctx.slide.name}, batch {cfg.batch_size}, {cfg.workers} workers"
+    if cfg.torch_reference:
+        variants = reference_first(cfg.variants, "end_to_end.variants")
+    else:
+        variants = tuple(Variant.parse(v, where="end_to_end.variants") for v in cfg.variants)
+    slide = ctx.pipeline_slide
+    size = f"{slide.name}, batch {cfg.batch_size}, {cfg.workers} workers"
     rows: list[BenchmarkResult] = []
     runnable = []
     for variant in variants:
@@ -93,6 +97,7 @@ def bench_end_to_end(cfg: EndToEndBench, ctx: BenchContext) -> list[BenchmarkRes
     bundle = build_bundle(ctx, tuple(runnable), cfg.batch_size)
     calls: dict[str, Any] = {}
     loaded: dict[str, tuple[Variant, Any, Any]] = {}
+    last: dict[str, Any] = {}  # the last timed run's result per variant
     try:
         for variant in runnable:
             infer_cfg = InferConfig(
@@ -112,27 +117,32 @@ def bench_end_to_end(cfg: EndToEndBench, ctx: BenchContext) -> list[BenchmarkRes
                     precision=variant.precision,
                     intra_op_threads=ctx.threads,
                 )
-                first = run_slide(ctx.slide, bundle, infer_cfg, out_dir, models=models)
+                first = run_slide(slide, bundle, infer_cfg, out_dir, models=models) if cfg.warm_up_run else None
             except RUN_ERRORS as err:
                 reason = f"{type(err).__name__}: {err}"
                 rows.append(failed(COMPONENT, variant.backend, variant.precision, size, "patches", reason))
                 continue
             key = str(variant)
-            calls[key] = lambda c=infer_cfg, m=models, o=out_dir: run_slide(ctx.slide, bundle, c, o, models=m)
+            calls[key] = lambda c=infer_cfg, m=models, o=out_dir, k=key: last.__setitem__(
+                k, run_slide(slide, bundle, c, o, models=m)
+            )
             loaded[key] = (variant, models, first)
-        ctx.progress(f"{COMPONENT}: timing {len(calls)} backends on {ctx.slide.name}")
+        ctx.progress(f"{COMPONENT}: timing {len(calls)} backends on {slide.name}")
         stats = time_interleaved(calls, cfg.timing or ctx.timing, timer=ctx.timer)
     finally:
         for _, models, _ in loaded.values():
             models.close()
     for key, (variant, _, first) in loaded.items():
+        timed = last[key]
+        stages = timed.stage_seconds
+        total = sum(stages.values())
         rows.append(
             BenchmarkResult(
                 COMPONENT,
                 variant.backend,
                 variant.precision,
                 size,
-                first.n_patches,
+                timed.n_patches,
                 "patches",
                 timing=stats[key],
                 device=ctx.device,
@@ -140,8 +150,10 @@ def bench_end_to_end(cfg: EndToEndBench, ctx: BenchContext) -> list[BenchmarkRes
                 notes={
                     "batch_size": cfg.batch_size,
                     "workers": cfg.workers,
-                    "stage_seconds_first_run": {k: round(v, 3) for k, v in first.stage_seconds.items()},
-                    "probabilities": first.probabilities,
+                    "stage_seconds_last_run": {k: round(v, 3) for k, v in stages.items()},
+                    "stage_shares_last_run": {k: round(v / total, 4) for k, v in stages.items()} if total else {},
+                    "untimed_warm_up_run": first is not None,
+                    "probabilities": timed.probabilities,
                     "segmenter": "fallback",
                     "weights": "random (speed only)",
                     "timed_call": "run_slide: whole slide, networks preloaded, outputs written",

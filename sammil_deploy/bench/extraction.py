@@ -1,11 +1,13 @@
 """Our patch-feature extraction vs the CLAM-style baseline, side by side: same slide, patches and encoder.
 
 Both sides go from the slide file to an HDF5 of (N, 1024) features and coordinates; each timed call is one
-whole extraction (DataLoader creation and worker start-up included, as every slide pays them). Ours is
-:func:`sammil_deploy.features.extract.extract_features` (one slide handle per worker, uint8 batches, pinned
-transfer, normalisation on the device) followed by one HDF5 write; the baseline is
-:func:`.clam_baseline.clam_style_extract`. The encoder is one ResNet50-trunc instance with random weights
-(speed only), shared by both. The first row (CLAM-style with CLAM's own worker choice) is the reference, and
+whole extraction (DataLoader creation and worker start-up included, as every slide pays them). Ours is what
+``extract`` runs: :func:`sammil_deploy.features.extract.extract_features` (the shared encoding engine: tile
+reader, uint8 NHWC batches) on the backend ``extract --backend auto`` picks on the device (ONNX Runtime on the
+CPU, fed the run's exported ONNX file; PyTorch on CUDA), plus a PyTorch-backend row that separates the engine's
+gain from the backend's, followed by one HDF5 write; the baseline is :func:`.clam_baseline.clam_style_extract`
+(PyTorch module, OpenSlide). The encoder weights are the run's random ResNet50-trunc weights (speed only),
+shared by all. The first row (CLAM-style with CLAM's own worker choice) is the reference, and
 each row's notes carry the features' agreement with it: equal to float rounding for patches inside the slide;
 patches reaching past the slide border differ, because CLAM's ``convert("RGB")`` turns OpenSlide's transparent
 padding black where our reader pads white.
@@ -14,7 +16,7 @@ padding black where our reader pads white.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +26,11 @@ from sammil_deploy.bench.reading import tissue_coords_level0_xy
 from sammil_deploy.bench.report import BenchmarkResult
 from sammil_deploy.bench.suites import ExtractionBench
 from sammil_deploy.bench.timing import time_interleaved
+from sammil_deploy.features.extract import ExtractConfig, extract_features
+
+if TYPE_CHECKING:
+    from sammil_deploy.features.encoders import PatchEncoder
+    from sammil_deploy.runtime import Backend
 
 COMPONENT = "extraction"
 PATCH_PX = 512
@@ -53,17 +60,21 @@ def bench_extraction(cfg: ExtractionBench, ctx: BenchContext) -> list[BenchmarkR
     import torch
 
     from sammil_deploy.bench.clam_baseline import clam_num_workers, clam_style_extract, write_coords_h5
+    from sammil_deploy.bench.components import resnet50_network
     from sammil_deploy.features.encoders import create_encoder
-    from sammil_deploy.features.extract import ExtractConfig, extract_features
 
     folder = ctx.work_dir / "extraction"
     folder.mkdir(parents=True, exist_ok=True)
-    coords = tissue_coords_level0_xy(ctx.slide, PATCH_PX, cfg.patches)
-    inside = _inside_slide(ctx.slide, coords)
+    slide = ctx.pipeline_slide
+    coords = tissue_coords_level0_xy(slide, PATCH_PX, cfg.patches)
+    inside = _inside_slide(slide, coords)
     coords_h5 = write_coords_h5(folder / "coords.h5", coords, PATCH_PX)
-    torch.manual_seed(ctx.seed)
-    encoder = create_encoder("resnet50_trunc", allow_random=True)
+    encoder = create_encoder("resnet50_trunc", weights=ctx.encoder_weights())
     device = torch.device(ctx.device)
+    onnx = None
+    if device.type == "cpu":  # what `extract --backend auto` runs on the CPU: the encoder's ONNX export
+        net = resnet50_network(ctx)
+        onnx = ctx.exports.onnx_path(net.name, net.module, net.spec, net.example, "fp32")
     size = f"{cfg.patches} patches {PATCH_PX}->{encoder.input_size_px} px, batch {cfg.batch_size}"
 
     calls: dict[str, Any] = {}
@@ -73,7 +84,7 @@ def bench_extraction(cfg: ExtractionBench, ctx: BenchContext) -> list[BenchmarkR
         key = f"clam-{requested}"
         out = folder / f"{key}.h5"
         calls[key] = lambda out=out, workers=workers: clam_style_extract(
-            ctx.slide,
+            slide,
             coords_h5,
             encoder,
             out,
@@ -84,26 +95,29 @@ def bench_extraction(cfg: ExtractionBench, ctx: BenchContext) -> list[BenchmarkR
         )
         rule = " (CLAM's choice)" if requested < 0 else ""
         labels[key] = (f"clam-style, {workers} workers{rule}", "fp32", workers, str(out))
+    backends = _our_backends(encoder, ctx, cfg, onnx)
     for workers in cfg.workers:
-        key = f"ours-{workers}"
-        out = folder / f"{key}.h5"
-        ours_cfg = ExtractConfig(
-            allow_random=True,
-            batch_size=cfg.batch_size,
-            num_workers=workers,
-            device=ctx.device,
-            precision=cfg.precision,
-            interpolation=cfg.interpolation,
-        )
+        for kind, backend in backends.items():
+            key = f"ours-{kind}-{workers}"
+            out = folder / f"{key}.h5"
+            ours_cfg = ExtractConfig(batch_size=cfg.batch_size, num_workers=workers)
 
-        def ours(out: Path = out, ours_cfg: ExtractConfig = ours_cfg) -> None:
-            write_features_h5(out, extract_features(ctx.slide, coords, PATCH_PX, encoder, ours_cfg), coords)
+            def ours(out: Path = out, ours_cfg: ExtractConfig = ours_cfg, backend: Backend = backend) -> None:
+                size_px, filt = encoder.input_size_px, cfg.interpolation
+                feats = extract_features(
+                    slide, coords, PATCH_PX, backend, ours_cfg, input_size_px=size_px, interpolation=filt
+                )
+                write_features_h5(out, feats, coords)
 
-        calls[key] = ours
-        labels[key] = (f"ours, {workers} workers", cfg.precision, workers, str(out))
+            calls[key] = ours
+            labels[key] = (f"ours ({kind}), {workers} workers", cfg.precision, workers, str(out))
 
     ctx.progress(f"{COMPONENT}: timing {len(calls)} extraction loops on {cfg.patches} patches")
-    stats = time_interleaved(calls, cfg.timing or ctx.timing, timer=ctx.timer)
+    try:
+        stats = time_interleaved(calls, cfg.timing or ctx.timing, timer=ctx.timer)
+    finally:
+        for backend in backends.values():
+            backend.close()
     first = next(iter(calls))
     with h5py.File(labels[first][3], "r") as f:
         reference = {"features": f["features"][:]}
@@ -135,8 +149,21 @@ def bench_extraction(cfg: ExtractionBench, ctx: BenchContext) -> list[BenchmarkR
                     ),
                     "patches_past_border": int((~inside).sum()),
                     "weights": "random (speed only)",
+                    "slide": slide.name,
                     "timed_call": "slide file -> features HDF5, loader start-up included",
                 },
             )
         )
     return rows
+
+
+def _our_backends(encoder: PatchEncoder, ctx: BenchContext, cfg: ExtractionBench, onnx: Path | None) -> dict:
+    """``{label: loaded feature backend}``: what ``extract --backend auto`` picks here, and PyTorch."""
+    from sammil_deploy.features.extract import ExtractConfig, open_feature_backend
+
+    common = {"device": ctx.device, "precision": cfg.precision, "intra_op_threads": ctx.threads}
+    backends = {"torch": open_feature_backend(encoder, ExtractConfig(backend="torch", **common))}
+    if onnx is not None and cfg.precision == "fp32":
+        ort_cfg = ExtractConfig(backend="onnxruntime", model_file=onnx, **common)
+        backends = {"onnxruntime": open_feature_backend(encoder, ort_cfg), **backends}
+    return backends

@@ -1,11 +1,15 @@
 """SAM automatic mask generation benchmark: upstream generator vs ``FastMaskGenerator`` on each backend.
 
 One SAM image (the benchmark slide's thumbnail at the SAM-image size), SAM-MIL's generator settings (or the
-suite's smaller ones), the same random-but-calibrated SAM for every row. The reference row is upstream
-``SamAutomaticMaskGenerator`` on PyTorch eager FP32; the fast generator runs on PyTorch (the same modules the
-export wraps), ONNX Runtime or TensorRT through the runtime backends, driving the exported encoder and point
-decoder. Each row records its mask count (the generators give the same masks; a different count flags a
-precision or backend problem).
+suite's smaller ones), the same model for every row. The reference row is upstream ``SamAutomaticMaskGenerator``
+on PyTorch eager FP32; the fast generator runs on PyTorch (the same modules the export wraps), ONNX Runtime or
+TensorRT through the runtime backends, driving the exported encoder and point decoder.
+
+``tiny`` is the many-mask stand-in (:func:`many_mask_sam`: the tiny SAM's random encoder, a disc decoder), so
+hundreds of masks go through post-processing as with a trained SAM; random weights would leave one image-sized
+blob. The real sizes (``vit_b`` ... ``vit_h``) are random with calibrated scores (:func:`calibrated_random_sam`).
+Each row records its mask count and, against the reference row, the worst and median best-match IoU over the
+masks of both sets (``matched_iou_min`` 1.0: every mask has an identical partner).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from sammil_deploy.bench import backends as bk
 from sammil_deploy.bench.components import RUN_ERRORS
@@ -25,7 +31,6 @@ from sammil_deploy.bench.suites import MaskGenerationBench, Variant, reference_f
 from sammil_deploy.bench.timing import time_interleaved
 
 if TYPE_CHECKING:
-    import torch
     from segment_anything.modeling import Sam
 
     from sammil_deploy.export.spec import ExportSpec
@@ -54,6 +59,100 @@ def calibrated_random_sam(model: str, seed: int) -> Sam:
             mlp.layers[-1].bias.mul_(100.0)
         sam.mask_decoder.iou_prediction_head.layers[-1].bias.add_(0.6)
     return sam
+
+
+class _PointPassThrough(nn.Module):
+    """Prompt-encoder stand-in: hands the (P, 1, 2) input-frame points to the decoder as the sparse embedding."""
+
+    def forward(self, points: tuple, boxes: Any = None, masks: Any = None) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ARG002
+        coords, _ = points
+        return coords.float(), torch.zeros(1)
+
+    def get_dense_pe(self) -> torch.Tensor:
+        return torch.zeros(1)
+
+
+class DiscMaskDecoder(nn.Module):
+    """Mask-decoder stand-in: three disc masks (radii 6, 12, 24 input px) around each point, bent by the embedding.
+
+    Random SAM weights give image-sized blobs that NMS collapses to one or two masks, which hides the per-mask
+    work (and any per-mask disagreement) of a generator. This decoder gives hundreds of distinct masks that
+    depend on the image through the real encoder's embedding, with predicted IoUs straddling SAM-MIL's 0.6.
+    ``forward`` has ``MaskDecoder``'s signature; the sparse embedding is the (P, 1, 2) xy prompt itself.
+    """
+
+    def __init__(self, input_size_px: int, low_res_px: int) -> None:
+        super().__init__()
+        centres = (torch.arange(low_res_px, dtype=torch.float32) + 0.5) * (input_size_px / low_res_px)
+        self.register_buffer("grid_y", centres[:, None].expand(low_res_px, low_res_px).clone())
+        self.register_buffer("grid_x", centres[None, :].expand(low_res_px, low_res_px).clone())
+        self.register_buffer("radii", torch.tensor([6.0, 12.0, 24.0]))
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: Any,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: Any,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(low-res logits (P, 3, h, w), predicted IoU (P, 3)) for (P, 1, 2) xy points."""
+        from torch.nn import functional as F
+
+        del image_pe, dense_prompt_embeddings, multimask_output  # MaskDecoder's keyword signature
+        xy = sparse_prompt_embeddings[:, 0]  # (P, 2)
+        dx, dy = self.grid_x - xy[:, 0, None, None], self.grid_y - xy[:, 1, None, None]
+        dist = torch.sqrt(dx * dx + dy * dy)  # (P, h, w); not hypot, which the ONNX exporter lacks
+        feature = F.interpolate(image_embeddings[:, :1], self.grid_x.shape, mode="bilinear", align_corners=False)
+        feature = (feature - feature.mean()) / (feature.std() + 1e-6)  # (1, 1, h, w)
+        logits = 12.0 * (self.radii[None, :, None, None] - dist[:, None]) / self.radii[None, :, None, None]
+        logits = logits + 3.0 * feature
+        iou = torch.sigmoid(feature.flatten().mean() + (xy[:, 0] - xy[:, 1]) / 40.0)  # (P,)
+        return logits, iou[:, None].expand(-1, 3)
+
+
+class DiscPointDecoder(nn.Module):
+    """The stand-in as an exportable point decoder: ``(embedding, coords, labels) -> (low-res logits, IoU)``.
+
+    The same I/O contract as ``export.sam.SamPointDecoder``, so its ONNX file drives ``FastMaskGenerator``
+    exactly like an exported SAM decoder.
+    """
+
+    def __init__(self, decoder: DiscMaskDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(
+        self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """See the class docstring (the automatic generator's prompts are all foreground points, label 1)."""
+        foreground = (point_labels[..., None] > 0).to(point_coords.dtype)  # x 1: keeps num_prompts dynamic
+        return self.decoder(image_embeddings, None, point_coords * foreground, None, True)
+
+
+def many_mask_sam(seed: int = 0) -> Sam:
+    """Tiny SAM (its real random encoder) whose prompt encoder and mask decoder are the disc stand-ins.
+
+    Upstream ``SamAutomaticMaskGenerator`` runs it unchanged; :class:`DiscPointDecoder` exports its decoder.
+    """
+    from sammil_deploy.segment.sam_model import build_sam
+
+    torch.manual_seed(seed)
+    sam = build_sam("tiny", device="cpu")
+    size_px = int(sam.image_encoder.img_size)
+    sam.prompt_encoder = _PointPassThrough()
+    sam.mask_decoder = DiscMaskDecoder(size_px, size_px // 4)
+    return sam
+
+
+def benchmark_sam(model: str, seed: int) -> tuple[Sam, Sam]:
+    """(the SAM the generators run, a SAM with upstream's modules of the same size for the export specs)."""
+    from sammil_deploy.segment.sam_model import build_sam
+
+    if model == "tiny":
+        return many_mask_sam(seed), build_sam("tiny", device="cpu")
+    sam = calibrated_random_sam(model, seed)
+    return sam, sam
 
 
 def _call(backend: Backend) -> Callable[..., list[Any]]:
@@ -89,6 +188,8 @@ class _SamParts:
         from sammil_deploy.export.sam import SamPointDecoder
 
         sam = self.sam_device if on_torch and device != "cpu" else self.sam
+        if isinstance(sam.mask_decoder, DiscMaskDecoder):
+            return sam.image_encoder, DiscPointDecoder(sam.mask_decoder).eval()
         return sam.image_encoder, SamPointDecoder(sam).eval()
 
     def examples(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
@@ -122,17 +223,18 @@ def bench_mask_generation(cfg: MaskGenerationBench, ctx: BenchContext) -> list[B
         crop_n_layers=cfg.crop_n_layers,
         points_per_batch=cfg.points_per_batch,
     )
+    model = "tiny many-mask stand-in" if cfg.model == "tiny" else f"{cfg.model} random"
     size = (
-        f"{cfg.model} {image.shape[1]}x{image.shape[0]} px, {cfg.points_per_side} pts/side, "
+        f"{model} {image.shape[1]}x{image.shape[0]} px, {cfg.points_per_side} pts/side, "
         f"{cfg.crop_n_layers} crop layer(s)"
     )
     ctx.progress(f"{COMPONENT}: building SAM {cfg.model}")
-    sam = calibrated_random_sam(cfg.model, ctx.seed)
+    sam, spec_sam = benchmark_sam(cfg.model, ctx.seed)
     parts = _SamParts(
         sam=sam,
         sam_device=sam if ctx.device == "cpu" else copy.deepcopy(sam).to(ctx.device),
-        enc_spec=encoder_spec(sam, cfg.model, "random"),
-        dec_spec=decoder_spec(sam, cfg.model, "random"),
+        enc_spec=encoder_spec(spec_sam, cfg.model, "random"),
+        dec_spec=decoder_spec(spec_sam, cfg.model, "random"),
         n_crops=sum(4**layer for layer in range(cfg.crop_n_layers + 1)),
     )
 
@@ -215,11 +317,13 @@ def _time(
     ctx: BenchContext,
     cfg: MaskGenerationBench,
 ) -> list[BenchmarkResult]:
-    rows, runnable, masks = [], {}, {}
+    from sammil_deploy.segment.compare import mask_agreement
+
+    rows, runnable, outputs = [], {}, {}
     for label, generate in generators.items():
         backend, precision, _, _ = meta[label]
         try:
-            masks[label] = generate().n_masks
+            outputs[label] = generate()
         except RUN_ERRORS as err:
             rows.append(failed(COMPONENT, backend, precision, size, UNIT, f"{type(err).__name__}: {err}"))
             continue
@@ -228,6 +332,9 @@ def _time(
     stats = time_interleaved(runnable, cfg.timing or ctx.timing, timer=ctx.timer)
     for label in runnable:
         backend, precision, is_reference, _ = meta[label]
+        notes: dict[str, Any] = {"masks": outputs[label].n_masks, "points_per_batch": cfg.points_per_batch}
+        if "reference" in outputs and label != "reference":
+            notes.update(mask_agreement(outputs["reference"], outputs[label]).as_dict())
         rows.append(
             BenchmarkResult(
                 COMPONENT,
@@ -239,7 +346,7 @@ def _time(
                 timing=stats[label],
                 device=ctx.device,
                 reference=is_reference or label == "reference",
-                notes={"masks": masks[label], "points_per_batch": cfg.points_per_batch},
+                notes=notes,
             )
         )
     return rows

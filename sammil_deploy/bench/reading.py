@@ -1,12 +1,17 @@
-"""The reading floor: level-0 regions read and decoded per second with N reader processes.
+"""Reading: OpenSlide's per-patch floor vs our reader feeding a null model, per core and on all cores.
 
-Reading is what no model backend can speed up, so it bounds extraction: the pipeline's patches/s as a
-fraction of this floor says how much of the machine's reading capacity the pipeline uses. The regions are the
-slide's real tissue patches (CLAM tissue detection with the ``bwh_biopsy`` preset + patch grid, repeated to
-the requested count), read
-through the library's own ``PatchDataset``/DataLoader path with persistent workers, so worker start-up is
-paid in the warm-up pass and each timed call is one full pass. The slide file is in the page cache after the
-warm-up: this measures decode + copy, not disk.
+Reading is what no model backend can speed up, so it bounds extraction. Two kinds of rows on the same patches
+(the slide's real tissue patches: CLAM tissue detection with the ``bwh_biopsy`` preset + patch grid, the first
+``regions`` of them in tile read order) and the same worker counts:
+
+- ``openslide``: the per-patch floor, ``read_region`` of each 512-px patch (RGBA → RGB on white) in
+  ``PatchDataset`` workers, a fresh DataLoader per pass (worker start-up included, as each slide pays it, and
+  as in our rows), no resize;
+- ``ours``: the real encoding engine (``features.engine.encode_patches``: reader ``auto``, tile read order,
+  per-worker runs, resize to the encoder input in the workers, NHWC uint8 batches) feeding a :class:`NullBackend`
+  that validates each batch and returns zeros, so the row is everything but the model, loader start-up included.
+
+The slide file is in the page cache after the warm-up: this measures decode + copy + resize, not disk.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from sammil_deploy.bench.context import BenchContext
 from sammil_deploy.bench.report import BenchmarkResult
 from sammil_deploy.bench.suites import ReadingBench
 from sammil_deploy.bench.timing import time_interleaved
+from sammil_deploy.runtime.base import ArrayLike, Backend, TensorSpec
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +39,8 @@ TISSUE_PRESET = "bwh_biopsy"  # CLAM's preset for small tissue: benchmark slides
 def tissue_coords_level0_xy(slide: Path, patch_px: int, n: int | None = None) -> np.ndarray:
     """Top-left corners of the slide's tissue patches (CLAM ``bwh_biopsy``, ``patch_px`` at level 0), (M, 2) int64.
 
-    With ``n`` the list is cut or repeated (in order) to exactly ``n`` rows.
+    With ``n`` the list is put in tile read order (row-major: a contiguous block of tissue, as one reader worker
+    sees it) and cut or repeated to exactly ``n`` rows.
 
     Raises:
         TissueError, PatchingError: No tissue, or the slide is smaller than one patch.
@@ -46,10 +53,14 @@ def tissue_coords_level0_xy(slide: Path, patch_px: int, n: int | None = None) ->
     with open_slide(slide) as reader:
         tissue = detect_tissue(reader, from_mapping(TissueConfig, tissue_preset(TISSUE_PRESET)))
         grid = make_patch_grid(reader.info, tissue, PatchConfig(patch_size_px=patch_px))
+    from sammil_deploy.features.engine import tile_read_order
+
     coords = np.asarray(grid.coords_level0_xy, dtype=np.int64)
     if n is None:
         return coords
-    return np.resize(coords, (n, 2))  # repeats the grid when the slide has fewer than n patches
+    return np.resize(
+        coords[tile_read_order(coords)], (n, 2)
+    )  # repeats the grid when the slide has fewer than n patches
 
 
 def synthetic_benchmark_slide(folder: Path, size_px: int, seed: int = 0) -> Path:
@@ -64,6 +75,43 @@ def synthetic_benchmark_slide(folder: Path, size_px: int, seed: int = 0) -> Path
     return path
 
 
+def cached_pipeline_slide(width_px: int, seed: int = 0) -> Path:
+    """A real-sized synthetic slide: ``make-demo-data --size-px width_px --seed seed``'s first slide, cached.
+
+    Tumour-bearing, ``width_px`` x 0.8 of it at 0.25 mpp (40000 px: ~2,200 tissue patches of 512 px). Written
+    once into ``$SAMMIL_DEPLOY_CACHE`` (or ``~/.cache/sammil-deploy``) ``/bench_slides`` and reused by later
+    runs (a 40000 px slide takes about a minute to write on two cores).
+    """
+    from sammil_deploy.features.extract import cache_root
+    from sammil_deploy.slide.cohort import plan_demo_cohort
+    from sammil_deploy.slide.synthetic import write_synthetic_slide
+
+    path = cache_root() / "bench_slides" / f"pipeline_slide_{width_px}_{seed}.svs"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _, _, spec = next(p for p in plan_demo_cohort(2, seed=seed, size_px=width_px) if p[1] == 1)
+        write_synthetic_slide(path, spec)
+    return path
+
+
+class NullBackend(Backend):
+    """A feature backend with the encoder's contract that computes nothing: validated batches in, zeros out."""
+
+    kind = "null"
+
+    def __init__(self, size_px: int, dim: int = 1024) -> None:
+        super().__init__(device="cpu", artifact="null model")
+        self._spec_in = (TensorSpec("patches", "uint8", ("batch", size_px, size_px, 3)),)
+        self._spec_out = (TensorSpec("features", "float32", ("batch", dim)),)
+
+    def _load(self) -> None:
+        self._input_spec, self._output_spec = self._spec_in, self._spec_out
+
+    def _infer(self, inputs: dict[str, ArrayLike]) -> dict[str, np.ndarray]:
+        n = int(inputs["patches"].shape[0])
+        return {"features": np.zeros((n, int(self._spec_out[0].shape[1])), np.float32)}
+
+
 def _raw(patch: np.ndarray) -> torch.Tensor:
     import torch
 
@@ -76,45 +124,62 @@ def _one_pass(loader: Any) -> None:
 
 
 def bench_reading(cfg: ReadingBench, ctx: BenchContext) -> list[BenchmarkResult]:
-    """Regions/s per worker count (interleaved passes); the smallest worker count is the reference."""
-    from sammil_deploy.features.preprocess_ops import PatchTransform
+    """OpenSlide floor and our reader + null model per worker count (interleaved passes).
+
+    The reference is OpenSlide with the smallest worker count.
+    """
+    from sammil_deploy.features.engine import encode_patches
     from sammil_deploy.patching.dataset import PatchDataset, make_patch_loader
 
-    coords = tissue_coords_level0_xy(ctx.slide, cfg.patch_px, cfg.regions)
-    transform = PatchTransform(cfg.resize_px, "bilinear") if cfg.resize_px else _raw
-    what = f"{cfg.regions} regions of {cfg.patch_px} px" + (f" -> {cfg.resize_px} px" if cfg.resize_px else "")
-    datasets, loaders = [], {}
+    slide = ctx.pipeline_slide
+    coords = tissue_coords_level0_xy(slide, cfg.patch_px, cfg.regions)
+    size_px = cfg.resize_px or cfg.patch_px
+    what = f"{cfg.regions} patches of {cfg.patch_px} px"
+    datasets, calls = [], {}
     for workers in cfg.workers:
-        dataset = PatchDataset(ctx.slide, coords, cfg.patch_px, 0, transform)
+        dataset = PatchDataset(slide, coords, cfg.patch_px, 0, _raw, reader="openslide")
         datasets.append(dataset)
-        loader = make_patch_loader(dataset, batch_size=cfg.batch_size, num_workers=workers, pin_memory=False)
-        loaders[workers] = lambda loader=loader: _one_pass(loader)
-    ctx.progress(f"{COMPONENT}: timing {what} with {list(cfg.workers)} workers")
+        calls[f"openslide-{workers}"] = lambda dataset=dataset, workers=workers: _one_pass(
+            make_patch_loader(dataset, batch_size=cfg.batch_size, num_workers=workers, pin_memory=False,
+                              persistent=False)
+        )  # fmt: skip
+    null = NullBackend(size_px)
+    for workers in cfg.workers:
+        calls[f"ours-{workers}"] = lambda workers=workers: encode_patches(
+            slide, coords, null, patch_level=0, read_size_px=cfg.patch_px, input_size_px=size_px,
+            interpolation="bicubic", batch_size=cfg.batch_size, num_workers=workers,
+        )  # fmt: skip
+    ctx.progress(f"{COMPONENT}: timing {what}, OpenSlide floor vs our reader, {list(cfg.workers)} workers")
     try:
-        stats = time_interleaved({str(w): fn for w, fn in loaders.items()}, cfg.timing or ctx.timing)
+        stats = time_interleaved(calls, cfg.timing or ctx.timing)
     finally:
         for dataset in datasets:
             dataset.close()
-        loaders.clear()  # persistent workers exit with their loaders
+        calls.clear()
+    ours_label = f"ours ({auto_reader_name(slide)} + resize {cfg.patch_px}->{size_px} + null model)"
     reference = min(cfg.workers)
-    return [
-        BenchmarkResult(
-            COMPONENT,
-            f"openslide, {w} worker{'s' if w != 1 else ''}",
-            "-",
-            what,
-            cfg.regions,
-            "regions",
-            timing=stats[str(w)],
-            device="cpu",
-            reference=w == reference,
-            notes={
-                "workers": w,
-                "unique_regions": int(len(np.unique(coords, axis=0))),
-                "batch_size": cfg.batch_size,
-                "slide": ctx.slide.name,
-                "timed_call": "one pass over all regions (persistent workers, started in the warm-up)",
-            },
-        )
-        for w in cfg.workers
-    ]
+    rows = []
+    for kind in ("openslide", "ours"):
+        for w in cfg.workers:
+            label = "openslide read_region" if kind == "openslide" else ours_label
+            rows.append(BenchmarkResult(
+                COMPONENT, f"{label}, {w} worker{'s' if w != 1 else ''}", "-", what, cfg.regions, "regions",
+                timing=stats[f"{kind}-{w}"], device="cpu", reference=kind == "openslide" and w == reference,
+                notes={
+                    "workers": w,
+                    "unique_regions": int(len(np.unique(coords, axis=0))),
+                    "batch_size": cfg.batch_size,
+                    "slide": slide.name,
+                    "timed_call": "one pass over all patches, loader start-up included"
+                    + ("" if kind == "openslide" else ", features written to the output array"),
+                },
+            ))  # fmt: skip
+    return rows
+
+
+def auto_reader_name(path: Path) -> str:
+    """The reader ``open_slide(path)`` (``reader="auto"``) picks, e.g. ``tiled-jpeg``."""
+    from sammil_deploy.slide import open_slide
+
+    with open_slide(path) as reader:
+        return reader.name

@@ -12,7 +12,6 @@ explicit path, rendered as a rich table for the terminal, or as markdown for com
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from sammil_deploy.bench.environment import hardware_label
 from sammil_deploy.bench.timing import TimingStats, items_per_s
 from sammil_deploy.errors import ConfigError
+from sammil_deploy.io_atomic import write_text
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "unavailable")
@@ -396,8 +396,4 @@ def write_markdown(report: BenchmarkReport, path: Path) -> Path:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, text)

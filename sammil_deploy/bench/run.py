@@ -116,7 +116,7 @@ def _run_components(
     progress: Progress | None,
     on_component: Callable[[str, list[BenchmarkResult]], None] | None,
 ) -> list[BenchmarkResult]:
-    from sammil_deploy.bench.reading import synthetic_benchmark_slide
+    from sammil_deploy.bench.reading import cached_pipeline_slide, synthetic_benchmark_slide
 
     say = progress or (lambda message: log.info("%s", message))
     if suite.slide:
@@ -124,6 +124,10 @@ def _run_components(
     else:
         say(f"writing a {suite.synthetic_size_px} px synthetic slide")
         slide = synthetic_benchmark_slide(folder / "slides", suite.synthetic_size_px, suite.seed)
+    pipeline_slide = None
+    if suite.pipeline_slide_px:
+        say(f"real-sized {suite.pipeline_slide_px} px synthetic slide (written once, then cached)")
+        pipeline_slide = cached_pipeline_slide(suite.pipeline_slide_px, suite.seed)
     ctx = BenchContext(
         device=device,
         threads=suite.threads,
@@ -132,6 +136,7 @@ def _run_components(
         slide=slide,
         seed=suite.seed,
         progress=say,
+        pipeline_slide=pipeline_slide,
     )
     runners = _runners(suite, ctx)
     results: list[BenchmarkResult] = []
@@ -165,24 +170,31 @@ _MODEL_ONLY_BACKEND = {"torch": "torch", "ort-cpu": "ort-cpu", "ort-cuda": "ort-
 def derive_ratios(results: Sequence[BenchmarkResult]) -> list[Ratio]:
     """Throughput ratios across components measured in the run.
 
-    - extraction and end to end vs the reading floor (the fastest reading row: regions/s are patches/s);
+    - our reader + null model vs the OpenSlide per-patch floor with the same workers;
+    - extraction and end to end vs the OpenSlide floor (its fastest row: regions/s are patches/s);
     - extraction and end to end vs model only (ResNet50-trunc on the same backend and precision, at the largest
       measured batch not above the pipeline's batch size);
     - our fastest extraction vs the CLAM-style reference.
     """
     ratios: list[Ratio | None] = []
-    floor = _fastest(_ok(results, "reading"))
+    reading = _ok(results, "reading")
+    openslide = [r for r in reading if r.backend.startswith("openslide")]
+    floor = _fastest(openslide)
+    for row in (r for r in reading if r.backend.startswith("ours")):
+        same = next((r for r in openslide if r.notes.get("workers") == row.notes.get("workers")), None)
+        ratios.append(ratio_of(f"{row.backend} / OpenSlide floor, same workers", row, same))
     extraction = _ok(results, "extraction")
     ours = [r for r in extraction if r.backend.startswith("ours")]
     reference = next((r for r in extraction if r.reference), None)
     best_ours = _fastest(ours)
     ratios.append(ratio_of("our extraction / CLAM-style extraction (same patches, same model)", best_ours, reference))
     for row in ours:
-        ratios.append(ratio_of(f"extraction ({row.backend}) / reading floor", row, floor))
-        model = _model_only(results, "torch", row.precision, _batch(row))
+        ratios.append(ratio_of(f"extraction ({row.backend}) / OpenSlide floor", row, floor))
+        backend = "ort-cpu" if "onnxruntime" in row.backend else "torch"
+        model = _model_only(results, backend, row.precision, _batch(row))
         ratios.append(ratio_of(f"extraction ({row.backend}) / model only", row, model))
     for row in _ok(results, "end_to_end"):
-        ratios.append(ratio_of(f"end to end ({row.backend} {row.precision}) / reading floor", row, floor))
+        ratios.append(ratio_of(f"end to end ({row.backend} {row.precision}) / OpenSlide floor", row, floor))
         model = _model_only(results, _MODEL_ONLY_BACKEND.get(row.backend, row.backend), row.precision, _batch(row))
         ratios.append(ratio_of(f"end to end ({row.backend} {row.precision}) / model only", row, model))
     return [r for r in ratios if r is not None]

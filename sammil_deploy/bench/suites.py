@@ -187,7 +187,8 @@ class ReadingBench:
         regions: Regions per timed pass.
         patch_px: Region side in level-0 pixels.
         batch_size: Regions per DataLoader batch.
-        resize_px: Also resize each region to this side in the workers (0: raw read + decode only).
+        resize_px: Our rows resize each region to this side (the encoder input), as extraction does; the
+            OpenSlide floor rows only read (0: ours do not resize either).
         timing: This component's timing policy (default: the suite's ``[timing]``).
     """
 
@@ -196,7 +197,7 @@ class ReadingBench:
     regions: int = 128
     patch_px: int = 512
     batch_size: int = 32
-    resize_px: int = 0
+    resize_px: int = 224
     timing: TimingPolicy | None = None
 
     def __post_init__(self) -> None:
@@ -251,6 +252,10 @@ class EndToEndBench:
         enabled: Run this component.
         variants: ``torch`` (any precision), ``ort-cpu``, ``ort-cuda`` or ``tensorrt`` variants.
         workers: Reader processes for the feature stage.
+        warm_up_run: Run the slide once untimed per variant first (small slides; a real-sized slide's first
+            timed run pays only the sessions' first call).
+        torch_reference: Add PyTorch eager fp32 as the reference row when absent (on a real-sized slide on a
+            CPU it doubles the component's time; the end-to-end/model-only ratio needs no reference row).
         batch_size: Patches per encoder call.
         timing: This component's timing policy (default: the suite's ``[timing]``).
     """
@@ -259,6 +264,8 @@ class EndToEndBench:
     variants: tuple[str, ...] = ("torch:fp32", "ort-cpu:fp32")
     workers: int = 2
     batch_size: int = 16
+    warm_up_run: bool = True
+    torch_reference: bool = True
     timing: TimingPolicy | None = None
 
     def __post_init__(self) -> None:
@@ -280,6 +287,9 @@ class SuiteConfig:
         threads: torch and ONNX Runtime intra-op threads (0: their defaults).
         slide: Slide for reading, extraction and end to end; empty: a synthetic slide written to the work dir.
         synthetic_size_px: Width of that synthetic slide (height 3/4 of it).
+        pipeline_slide_px: Width of a real-sized synthetic slide (height 0.8 of it) for reading, extraction and
+            end to end, written once and cached (``$SAMMIL_DEPLOY_CACHE`` or ``~/.cache/sammil-deploy``);
+            0: those use ``slide`` / the small synthetic slide too.
         seed: Seed of random inputs and weights.
         timing: Warm-up and repeat policy of the model components.
         sam_encoder, mask_generation, resnet50, mil, reading, extraction, end_to_end: Component settings.
@@ -291,6 +301,7 @@ class SuiteConfig:
     threads: int = 0
     slide: str = ""
     synthetic_size_px: int = 6144
+    pipeline_slide_px: int = 0
     seed: int = 0
     timing: TimingPolicy = field(default_factory=TimingPolicy)
     sam_encoder: SamEncoderBench = field(default_factory=lambda: SamEncoderBench(enabled=False))
@@ -308,6 +319,8 @@ class SuiteConfig:
             raise ConfigError(f"suite threads must be >= 0, got {self.threads}")
         if self.synthetic_size_px < 1024:
             raise ConfigError(f"suite synthetic_size_px must be >= 1024, got {self.synthetic_size_px}")
+        if self.pipeline_slide_px and self.pipeline_slide_px < 1024:
+            raise ConfigError(f"suite pipeline_slide_px must be 0 or >= 1024, got {self.pipeline_slide_px}")
 
     def enabled_components(self) -> tuple[str, ...]:
         """Components switched on, in pipeline order."""

@@ -14,6 +14,7 @@ from sammil_deploy.cli import (
     infer,  # noqa: F401  (infer, make-bundle)
     info,  # noqa: F401  (registers commands)
     preprocess,  # noqa: F401
+    report,  # noqa: F401  (report: the cohort page)
     train,  # noqa: F401  (train, evaluate, import-checkpoint)
 )
 from sammil_deploy.cli.app import State, app, console
@@ -23,14 +24,20 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Console-script entry point: the one place that maps SammilError to a message and exit code 1.
+    """Console-script entry point: the one place that maps errors to a message and an exit code.
 
-    Usage errors keep Click's exit code 2; other exceptions are bugs and keep their traceback.
+    Exit codes: 0 success, 1 bad input/configuration or some slides failed, 2 usage (Click), 3 an output cannot
+    be written (disk full, read-only, permission denied: :class:`~sammil_deploy.errors.OutputError`). An OSError
+    of the environment that escaped the write helper is reported the same way; other exceptions are bugs and
+    keep their traceback.
     """
+    from sammil_deploy.io_atomic import output_error
+
     try:
         app()
-    except SammilError as err:
-        if State.debug:
+    except (SammilError, OSError) as err:
+        error = err if isinstance(err, SammilError) else output_error(err, None)
+        if error is None or State.debug:
             raise
-        console.print(f"[red]error:[/red] {err}", markup=True, highlight=False, soft_wrap=True)
-        sys.exit(1)
+        console.print(f"[red]error:[/red] {error}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)

@@ -42,8 +42,12 @@ def benchmark_cmd(
     from sammil_deploy.bench.report import render_ratios, render_table, write_json, write_markdown
     from sammil_deploy.bench.run import run_suite
     from sammil_deploy.bench.suites import load_suite
+    from sammil_deploy.io_atomic import check_writable
 
     config = load_suite(suite, only=tuple(only.split(",")) if only else None)
+    for target in (out, markdown):
+        if target is not None:
+            check_writable(target.parent)  # before the run, not after it
     with console.status(f"benchmark {config.name}", spinner="dots") as status:
 
         def progress(message: str) -> None:

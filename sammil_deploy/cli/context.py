@@ -23,6 +23,13 @@ def add_context_cmd(
     sam_model: Annotated[str | None, typer.Option(help="vit_h, vit_l, vit_b or auto.")] = None,
     membership: Annotated[str | None, typer.Option(help="footprint (default) or official (corner window).")] = None,
     mpp: Annotated[float | None, typer.Option(help="Microns per level-0 pixel, if the slides have none.")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="CLAM tissue preset the patches were made with (bwh_biopsy, tcga, bwh_resection); frames the SAM "
+            "image as extract/infer do. Our own feature files use the settings they recorded."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo files whose output exists.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary on stdout.")] = False,
 ) -> None:
@@ -31,6 +38,7 @@ def add_context_cmd(
     from sammil_deploy.errors import ConfigError
     from sammil_deploy.pipeline.add_context import add_context_files, find_feature_files
     from sammil_deploy.segment import SegmentConfig
+    from sammil_deploy.tissue import TissueConfig, tissue_preset
 
     if layout not in ("sammil", "official"):
         raise ConfigError(f"--layout must be 'sammil' or 'official', got {layout!r}")
@@ -38,8 +46,9 @@ def add_context_cmd(
         SegmentConfig(),
         {"sam_checkpoint": sam_checkpoint, "sam_model": sam_model, "segmenter": segmenter, "membership": membership},
     )
+    tissue = TissueConfig(**tissue_preset(preset)) if preset else None
     summary = add_context_files(
-        find_feature_files(features), slides, out, cfg, layout=layout, coords_dir=coords_dir, mpp=mpp,  # type: ignore[arg-type]
+        find_feature_files(features), slides, out, cfg, tissue=tissue, layout=layout, coords_dir=coords_dir, mpp=mpp,  # type: ignore[arg-type]
         overwrite=overwrite,
         on_record=lambda r: console.print(f"{r.slide.name}: {r.status}" + (f" ({r.detail})" if r.detail else "")),
     )  # fmt: skip

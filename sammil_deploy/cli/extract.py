@@ -14,7 +14,12 @@ if TYPE_CHECKING:
     from sammil_deploy.pipeline.batch import BatchSummary
     from sammil_deploy.pipeline.extract import ExtractResult
 
-_STATUS = {"done": "[green]done[/green]", "skipped": "skipped (exists)", "failed": "[red]failed[/red]"}
+_STATUS = {
+    "done": "[green]done[/green]",
+    "skipped": "skipped (exists)",
+    "locked": "[yellow]locked (other run)[/yellow]",
+    "failed": "[red]failed[/red]",
+}
 
 
 @app.command("extract")
@@ -45,6 +50,20 @@ def extract_cmd(
     interpolation: Annotated[
         str | None, typer.Option(help="Patch resize: bicubic (SAM-MIL) or bilinear (CLAM).")
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Encoder runtime: auto (onnxruntime on the CPU when installed, else torch), torch, "
+            "onnxruntime or tensorrt (with --model-file)."
+        ),  # fmt: skip
+    ] = None,
+    model_file: Annotated[
+        Path | None, typer.Option(help="Exported encoder to run (resnet50 .onnx or TensorRT .plan from `export`).")
+    ] = None,
+    reader: Annotated[
+        str | None,
+        typer.Option(help="Slide reader: auto (tile-aligned JPEG decoding where possible), openslide, tiled."),
+    ] = None,
     patch_size: Annotated[int | None, typer.Option(help="Patch side in level-0 px (SAM-MIL: 512).")] = None,
     mpp: Annotated[float | None, typer.Option(help="Microns per level-0 pixel, if the slide has none.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo slides whose feature file exists.")] = False,
@@ -52,6 +71,7 @@ def extract_cmd(
 ) -> None:
     """Extract features and SAM group features; write <out>/features/<id>.h5 (skips slides already done)."""
     from sammil_deploy.pipeline.extract import extract_slides, load_extract_config
+    from sammil_deploy.runtime.devices import check_device
     from sammil_deploy.slide import find_slides
 
     cfg = load_extract_config(
@@ -71,10 +91,15 @@ def extract_cmd(
             "features.device": device,
             "features.precision": precision,
             "features.interpolation": interpolation,
+            "features.backend": backend,
+            "features.model_file": model_file,
+            "features.reader": reader,
             "patch.patch_size_px": patch_size,
             "mpp": mpp,
         },
     )
+    for option, value in (("features.device", cfg.features.device), ("segment.device", cfg.segment.device)):
+        check_device(value, option=option if device is None else "--device")
     slides = find_slides(slide_or_dir)
     if cfg.features.allow_random:
         console.print("[yellow]warning:[/yellow] RANDOM encoder weights (--allow-random-weights): the features are "

@@ -16,7 +16,12 @@ if TYPE_CHECKING:
     from sammil_deploy.pipeline.batch import BatchSummary
     from sammil_deploy.pipeline.infer import SlideResult
 
-_STATUS = {"done": "[green]done[/green]", "skipped": "skipped (exists)", "failed": "[red]failed[/red]"}
+_STATUS = {
+    "done": "[green]done[/green]",
+    "skipped": "skipped (exists)",
+    "locked": "[yellow]locked (other run)[/yellow]",
+    "failed": "[red]failed[/red]",
+}
 
 
 @app.command("infer")
@@ -56,6 +61,7 @@ def infer_cmd(
     """Classify slides end to end; write reports/, heatmaps/, geojson/ and summary.csv (resumes finished slides)."""
     from sammil_deploy.pipeline.bundle import load_bundle
     from sammil_deploy.pipeline.infer import collect_slides, load_infer_config, run_slides
+    from sammil_deploy.runtime.devices import check_device
 
     cfg = load_infer_config(
         config,
@@ -69,6 +75,7 @@ def infer_cmd(
             "threshold": threshold,
         },
     )
+    check_device(cfg.device)
     paths = collect_slides(slides)
     loaded = load_bundle(bundle)
     if loaded.encoder.get("random_weights"):
@@ -93,7 +100,7 @@ def infer_cmd(
 
     if as_json:
         summary = run(None, None)
-        print_json({"out": str(out), **summary.to_dict()})
+        print_json({"out": str(out), "report": str(out / "report.html"), **summary.to_dict()})
         raise typer.Exit(code=0 if summary.all_succeeded else 1)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -133,6 +140,7 @@ def render_summary(summary: BatchSummary[SlideResult], out: Path, class_names: t
         )
     console.print(table)
     console.print(f"summary: {out / 'summary.csv'}", highlight=False)
+    console.print(f"report: {out / 'report.html'}", highlight=False)
     for record in summary.failed:
         console.print(f"[red]error:[/red] {record.detail}", highlight=False, soft_wrap=True)
 

@@ -49,6 +49,8 @@ def environment_report() -> dict[str, Any]:
         import onnxruntime
 
         report["onnxruntime_providers"] = onnxruntime.get_available_providers()
+        if "TensorrtExecutionProvider" in report["onnxruntime_providers"]:  # listed even when it cannot load
+            report["onnxruntime_tensorrt_library"] = _loadable("libnvinfer.so.10")
     try:
         import openslide
 
@@ -56,6 +58,17 @@ def environment_report() -> dict[str, Any]:
     except ImportError as err:
         report["openslide_library"] = f"unavailable: {err}"
     return report
+
+
+def _loadable(library: str) -> str:
+    """``"ok"`` when the dynamic loader finds ``library``, else why not."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(library)
+    except OSError as err:
+        return f"unavailable: {err}"
+    return "ok"
 
 
 @app.command("doctor")

@@ -70,9 +70,9 @@ def preprocess_cmd(
             result = record.result
             table.add_row(
                 record.slide.name,
-                {"done": "[green]done[/green]", "skipped": "skipped (exists)", "failed": "[red]failed[/red]"}[
-                    record.status
-                ],
+                {"done": "[green]done[/green]", "skipped": "skipped (exists)", "failed": "[red]failed[/red]"}.get(
+                    record.status, record.status
+                ),
                 "" if result is None else str(result.n_patches),
                 "" if result is None else str(result.n_contours),
                 f"{record.seconds:.2f}",

@@ -52,6 +52,7 @@ def train_cmd(
     """Train SAM-MIL (or a baseline) with cross-validation: one checkpoint per fold plus a summary."""
     from sammil_deploy.mil.config import load_recipe
     from sammil_deploy.mil.run import train_cross_validation
+    from sammil_deploy.runtime.devices import check_device
 
     recipe = load_recipe(
         config,
@@ -68,6 +69,7 @@ def train_cmd(
             "train.selection": selection,
         },
     )
+    check_device(recipe.train.device, option="--device" if device is not None else "train.device")
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -269,15 +271,13 @@ def make_mil_table_cmd(
     """Write a synthetic MUSK-shaped MIL table (bags of 2-40 instances) to try import-bags and the MIL recipe."""
     import csv
 
+    from sammil_deploy.io_atomic import atomic_path
     from sammil_deploy.mil.synthetic import classical_mil_table
 
     ids, labels, features = classical_mil_table(n_bags=bags, dim=dim, signal=signal, seed=seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["bag_id", "label", *[f"f{j}" for j in range(dim)]])
         for bag, label, row in zip(ids.tolist(), labels.tolist(), features, strict=True):
             writer.writerow([bag, label, *[f"{v:.5g}" for v in row]])
-    tmp.replace(out)
     stdout.print(f"{bags} bags, {len(ids)} instances of {dim} features -> {out}")

@@ -8,9 +8,7 @@ precision's ONNX and check that too. A manifest ``export_manifest.json`` describ
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from sammil_deploy.errors import ConfigError, WeightsError
 from sammil_deploy.export import parts as parts_mod
 from sammil_deploy.export.config import PARTS, ExportConfig
 from sammil_deploy.export.parts import PartResult
+from sammil_deploy.io_atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +194,4 @@ def _check_inputs(
 
 
 def _write_manifest(out_dir: Path, report: ExportReport) -> Path:
-    path = out_dir / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(out_dir / MANIFEST_NAME, report.to_dict())

@@ -51,9 +51,9 @@ class ExportConfig:
     precision: str = "fp32"
     opset: int = DEFAULT_OPSET
     gpu_class: str = "generic"
-    sam_encoder_batch: DimRange = field(default_factory=lambda: DimRange(1, 1, 8))
+    sam_encoder_batch: DimRange = field(default_factory=lambda: DimRange(1, 5, 8))
     sam_decoder_prompts: DimRange = field(default_factory=lambda: DimRange(1, 64, 256))
-    resnet_batch: DimRange = field(default_factory=lambda: DimRange(1, 64, 256))
+    resnet_batch: DimRange = field(default_factory=lambda: DimRange(1, 32, 256))
     mil_instances: DimRange = field(default_factory=lambda: DimRange(1, 4096, 65536))
     workspace_gib: float = 4.0
     timing_cache: str = ""

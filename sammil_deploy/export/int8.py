@@ -24,6 +24,7 @@ import numpy as np
 from sammil_deploy._deps import require
 from sammil_deploy.errors import ConfigError, ExportError
 from sammil_deploy.export.spec import ExportArtifact, check_model, make_artifact, stamp_metadata
+from sammil_deploy.io_atomic import save_onnx
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,7 @@ def quantize_resnet_int8(
             model, {"sammil_deploy.precision": "int8", "sammil_deploy.int8_calibration_patches": str(len(patches))}
         )
         model.doc_string = "sammil-deploy resnet50 (int8 Q/DQ, symmetric, per-channel weights)"
-        onnx.save_model(model, str(out.with_name(out.name + ".partial")))
-        out.with_name(out.name + ".partial").replace(out)
+        save_onnx(out, model)
     check_model(out)
     log.info("quantised %s with %d calibration patches", out.name, len(patches))
     return make_artifact(fp32.part, "int8", out, None, time.perf_counter() - start)

@@ -33,6 +33,7 @@ from sammil_deploy.export.spec import (
 )
 
 if TYPE_CHECKING:
+    import onnx
     import torch
     from torch import nn
 
@@ -97,6 +98,7 @@ def export_onnx(
         except Exception as err:  # noqa: BLE001  (torch.export raises many unrelated types)
             raise ExportError(f"{spec.part}: torch.onnx.export failed ({type(err).__name__}: {err})") from err
         model = program.model_proto
+    route_uint8_inputs_through_cast(model)
     stamp_metadata(model, spec.metadata("fp32"))
     model.doc_string = f"sammil-deploy {spec.part} (fp32)"
     external = save_model(model, out, external_data_threshold_bytes=external_data_threshold_bytes)
@@ -104,6 +106,32 @@ def export_onnx(
     seconds = time.perf_counter() - start
     log.info("exported %s to %s in %.1f s", spec.part, out, seconds)
     return make_artifact(spec.part, "fp32", out, external, seconds)
+
+
+def route_uint8_inputs_through_cast(model: onnx.ModelProto) -> None:
+    """Make the Cast the only consumer of each uint8 graph input (in place).
+
+    TensorRT accepts a UINT8 network input only when it feeds Cast layers (NVIDIA/TensorRT#3985), but the
+    exporter reads symbolic sizes (e.g. the batch of a ``flatten``) with ``Shape`` straight off the input. A
+    Cast keeps the shape, so those ``Shape`` nodes read the Cast's output instead; the Cast moves to the front
+    of the node list so the graph stays topologically sorted.
+    """
+    import onnx
+
+    graph = model.graph
+    for value in graph.input:
+        if value.type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+            continue
+        casts = [n for n in graph.node if n.op_type == "Cast" and list(n.input) == [value.name]]
+        if not casts:
+            continue
+        for node in graph.node:
+            if node.op_type == "Shape" and list(node.input) == [value.name]:
+                node.input[0] = casts[0].output[0]
+        for cast in casts:  # a graph input needs nothing before it
+            graph.node.remove(cast)
+        for i, cast in enumerate(casts):
+            graph.node.insert(i, cast)
 
 
 def export_fp16_variant(

@@ -39,7 +39,9 @@ class NormalizedEncoder(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """See the class docstring."""
-        x = patches.permute(0, 3, 1, 2).to(torch.float32)
+        # Cast first: TensorRT accepts a UINT8 network input only when it feeds a Cast directly
+        # (NVIDIA/TensorRT#3985), so the transpose runs on float32.
+        x = patches.to(torch.float32).permute(0, 3, 1, 2)
         return self.encoder((x - self.mean_0_255) * self.inv_std_0_255)
 
 

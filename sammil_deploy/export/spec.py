@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sammil_deploy import __version__
 from sammil_deploy.errors import BackendError, ConfigError, ExportError
+from sammil_deploy.io_atomic import ensure_dir, output_error
 from sammil_deploy.runtime.artifacts import METADATA_PREFIX, TensorSpec, read_onnx_metadata
 
 if TYPE_CHECKING:
@@ -182,7 +183,8 @@ def save_model(
     path = Path(path)
     data_path = path.with_name(path.name + ".data")
     external = initializer_bytes(model) > external_data_threshold_bytes
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
+    # a folder, not one .partial file: the model and its external data are built together, then each renamed
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         tmp_model = tmp_dir / path.name
@@ -201,7 +203,7 @@ def save_model(
             data_path.unlink(missing_ok=True)
         os.replace(tmp_model, path)
     except (OSError, ValueError) as err:
-        raise ExportError(f"{path}: cannot write ONNX model ({err}); check free space and permissions") from None
+        raise output_error(err, path) or ExportError(f"{path}: cannot write ONNX model ({err})") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return data_path if external else None

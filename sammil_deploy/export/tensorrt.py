@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -172,9 +171,7 @@ def build_engine(
             raise ExportError(f"{onnx_path.name}: no profile shapes for input {name!r}; profile has {sorted(profile)}")
         trt_profile.set_shape(name, *profile[name])
     config.add_optimization_profile(trt_profile)
-    cache_blob = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_blob)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    attach_timing_cache(config, timing_cache)
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
@@ -183,8 +180,6 @@ def build_engine(
             f"{onnx_path.name}: TensorRT engine build failed (see the TensorRT log above); try a larger "
             "--workspace or smaller profile maxima"
         )
-    if timing_cache is not None:
-        _write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
     meta = {
         "format_version": SIDECAR_FORMAT_VERSION,
         "sammil_deploy_version": __version__,
@@ -205,7 +200,37 @@ def build_engine(
     _write_atomic(plan_path, bytes(serialized))
     _write_atomic(sidecar, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     log.info("built %s in %.1f s", plan_path.name, seconds)
+    if timing_cache is not None:  # after the plan: a cache problem must never cost the build
+        save_timing_cache(config, timing_cache)
     return EngineArtifact(plan_path, sidecar, seconds, meta)
+
+
+def attach_timing_cache(config: Any, path: Path | None) -> bool:
+    """Give the builder ``config`` the timing cache at ``path``, or a fresh one; True when the file was used.
+
+    A cache written by another TensorRT version or GPU is refused by ``set_timing_cache`` (it returns False),
+    which would leave the builder without a cache and ``get_timing_cache()`` returning None after the build;
+    a fresh, empty cache is attached instead so this build still records timings for the next one.
+    """
+    blob = path.read_bytes() if path is not None and path.is_file() else b""
+    if blob and config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False):
+        log.info("reusing timing cache %s", path)
+        return True
+    if blob:
+        log.warning("%s: timing cache from another TensorRT version or GPU; starting a fresh one", path)
+    if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+        log.warning("TensorRT refused an empty timing cache; building without one")
+    return False
+
+
+def save_timing_cache(config: Any, path: Path) -> bool:
+    """Write the builder's timing cache to ``path`` (atomically); False, with a warning, when there is none."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        log.warning("TensorRT returned no timing cache after the build; %s not written", path)
+        return False
+    _write_atomic(path, bytes(cache.serialize()))
+    return True
 
 
 def trt_runner(engine: TrtEngine) -> Any:
@@ -244,9 +269,6 @@ def ort_tensorrt_providers(
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from sammil_deploy.io_atomic import write_bytes
+
+    write_bytes(path, data)

@@ -1,24 +1,32 @@
-"""Batched patch-feature extraction: reader workers → pinned uint8 batches → device normalise → encoder."""
+"""``extract``'s encoder settings and its feature backend; the encoding loop is ``features.engine``'s (shared).
+
+The backend is the PyTorch module, an ONNX Runtime session on an exported ONNX file, or a TensorRT plan, all
+behind the same ``patches (B, S, S, 3) uint8 -> features (B, D)`` contract (normalisation inside the model).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from sammil_deploy.errors import ConfigError
 from sammil_deploy.features.encoders import PatchEncoder, available_encoders, create_encoder
-from sammil_deploy.features.preprocess_ops import INTERPOLATIONS, PatchTransform, normalize_batch
+from sammil_deploy.features.preprocess_ops import INTERPOLATIONS
+
+if TYPE_CHECKING:
+    from sammil_deploy.runtime import Backend
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+FEATURE_BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+READERS = ("auto", "openslide", "tiled")
 
 ProgressFn = Callable[[int, int], None]
 
@@ -37,6 +45,16 @@ class ExtractConfig:
         device: ``"auto"`` (CUDA when visible), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         precision: ``"fp32"``, or autocast ``"bf16"`` / ``"fp16"`` (fp16 needs CUDA).
         interpolation: Resize filter ``"bicubic"`` (SAM-MIL) or ``"bilinear"`` (CLAM); ``None`` = the encoder's.
+        backend: Runtime of the encoder: ``torch``, ``onnxruntime`` (the encoder exported to ONNX once per
+            weights file and cached, or ``model_file``), ``tensorrt`` (a plan in ``model_file``, on CUDA), or
+            ``auto``: ONNX Runtime on the CPU when installed (fp32, weights from a file), else PyTorch.
+        model_file: An exported encoder (``sammil-deploy export``: ``resnet50*.onnx`` or a TensorRT ``.plan``)
+            to run instead of exporting ``weights``; it must have been exported from the same weights.
+        intra_op_threads: ONNX Runtime CPU threads (0: its default, all cores).
+        reader: Slide reader: ``auto`` (tile-aligned JPEG decoding where the file allows, else OpenSlide),
+            ``openslide`` or ``tiled``.
+        resize: Where patches are resized to the encoder input: ``host`` (PIL, antialiased, in the reader
+            workers), ``device`` (antialiased ``torch`` interpolation of the batch) or ``auto`` (device on CUDA).
     """
 
     encoder: str = "resnet50_trunc"
@@ -48,10 +66,26 @@ class ExtractConfig:
     device: str = "auto"
     precision: str = "fp32"
     interpolation: str | None = None
+    backend: str = "auto"
+    model_file: Path | None = None
+    intra_op_threads: int = 0
+    reader: str = "auto"
+    resize: str = "auto"
 
     def __post_init__(self) -> None:
-        if isinstance(self.weights, str):
-            object.__setattr__(self, "weights", Path(self.weights))
+        for name in ("weights", "model_file"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.backend not in FEATURE_BACKENDS:
+            raise ConfigError(f"features.backend must be one of {FEATURE_BACKENDS}, got {self.backend!r}")
+        if self.reader not in READERS:
+            raise ConfigError(f"features.reader must be one of {READERS}, got {self.reader!r}")
+        if self.backend == "tensorrt" and self.model_file is None:
+            raise ConfigError("features.backend tensorrt needs a plan: pass --model-file resnet50.plan")
+        if self.resize not in ("auto", "host", "device"):
+            raise ConfigError(f"features.resize must be auto, host or device, got {self.resize!r}")
+        if self.intra_op_threads < 0:
+            raise ConfigError(f"features.intra_op_threads must be >= 0, got {self.intra_op_threads}")
         if self.encoder not in available_encoders():
             raise ConfigError(f"features.encoder {self.encoder!r} unknown; choose from {available_encoders()}")
         if self.batch_size < 1:
@@ -96,59 +130,133 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for ``bf16``/``fp16`` (a no-op context for ``fp32``).
+def resolve_backend_kind(cfg: ExtractConfig, encoder: PatchEncoder, device: torch.device) -> str:
+    """``cfg.backend`` with ``auto`` decided.
+
+    ``auto``: the kind of ``model_file`` when given; else ONNX Runtime on the CPU (1.5-2x PyTorch there) when it
+    is installed, the precision is fp32 and the weights come from a file (random weights: PyTorch, no export).
+    """
+    if cfg.backend != "auto":
+        return cfg.backend
+    if cfg.model_file is not None:
+        return "tensorrt" if cfg.model_file.suffix in (".plan", ".engine") else "onnxruntime"
+    import importlib.util
+
+    exportable = encoder.weights_sha256 != "random" and cfg.precision == "fp32"
+    if device.type == "cpu" and exportable and importlib.util.find_spec("onnxruntime") is not None:
+        return "onnxruntime"
+    return "torch"
+
+
+def open_feature_backend(encoder: PatchEncoder, cfg: ExtractConfig, *, cache_dir: Path | None = None) -> Backend:
+    """The encoder behind the exported-model contract on ``cfg``'s backend and device, loaded.
+
+    Args:
+        encoder: From :func:`build_encoder` (PyTorch weights; exported to ONNX when ONNX Runtime needs it).
+        cfg: Backend, model file, device, precision, threads.
+        cache_dir: Where exported encoders are kept (default :func:`encoder_cache_dir`).
 
     Raises:
-        ConfigError: fp16 on the CPU (use bf16 or fp32).
+        ConfigError: Unavailable device or precision, or a backend that cannot run here.
+        BackendError, MissingDependencyError: The runtime or the model file cannot be loaded.
     """
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision fp16 needs a CUDA device; use --precision bf16 or fp32 on the CPU")
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+    from sammil_deploy.export.resnet import NormalizedEncoder, resnet_spec
+    from sammil_deploy.runtime import open_backend
+
+    device = resolve_device(cfg.device)
+    kind = resolve_backend_kind(cfg, encoder, device)
+    if kind == "torch":
+        module = NormalizedEncoder(encoder).eval()
+        if device.type == "cuda":
+            module = module.to(memory_format=torch.channels_last)  # the NHWC input is channels-last already
+        spec = resnet_spec(encoder)
+        name = f"{encoder.name} ({encoder.meta.weights_source})"
+        return open_backend("torch", module, input_spec=spec.inputs, output_spec=spec.outputs, device=str(device),
+                            precision=cfg.precision, name=name)  # fmt: skip
+    if kind == "tensorrt":
+        if device.type != "cuda":
+            raise ConfigError("features.backend tensorrt needs a CUDA device; use onnxruntime or torch on the CPU")
+        return open_backend("tensorrt", cfg.model_file, device=str(device))
+    if cfg.model_file is None and cfg.precision != "fp32":
+        raise ConfigError(
+            f"precision {cfg.precision} with onnxruntime needs an exported model: run `sammil-deploy export "
+            f"--precision {cfg.precision}` and pass --model-file, or use --backend torch"
+        )
+    path = cfg.model_file or cached_encoder_onnx(encoder, cache_dir or encoder_cache_dir())
+    providers = "cuda" if device.type == "cuda" else "cpu"
+    return open_backend("onnxruntime", path, providers=providers, device_id=device.index or 0,
+                        intra_op_threads=cfg.intra_op_threads)  # fmt: skip
 
 
-def prepare_encoder(encoder: PatchEncoder, device: torch.device) -> PatchEncoder:
-    """Move ``encoder`` (in place) to ``device`` in eval mode; channels-last on CUDA (faster convolutions)."""
-    encoder = encoder.eval().to(device)
-    if device.type == "cuda":
-        encoder = encoder.to(memory_format=torch.channels_last)
-    return encoder
+def cache_root() -> Path:
+    """``$SAMMIL_DEPLOY_CACHE``, else ``$XDG_CACHE_HOME`` (or ``~/.cache``) ``/sammil-deploy``."""
+    import os
+
+    if os.environ.get("SAMMIL_DEPLOY_CACHE"):
+        return Path(os.environ["SAMMIL_DEPLOY_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sammil-deploy"
 
 
-def encode_batch(
-    encoder: PatchEncoder, batch_uint8: torch.Tensor, device: torch.device, precision: str = "fp32"
-) -> torch.Tensor:
-    """``(B, 3, S, S)`` uint8 (any device) → ``(B, D)`` float32 features on ``device``, without autograd."""
-    x = batch_uint8.to(device, non_blocking=True)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast_context(device, precision):
-        x = normalize_batch(x, encoder.mean, encoder.std)
-        return encoder(x).float()
+def encoder_cache_dir() -> Path:
+    """Where :func:`cached_encoder_onnx` keeps exported encoders: ``<cache_root>/encoders``."""
+    return cache_root() / "encoders"
+
+
+def cached_encoder_onnx(encoder: PatchEncoder, cache_dir: Path) -> Path:
+    """The encoder exported to an FP32 ONNX file (normalisation folded in), exported once per weights.
+
+    The file is named by the SHA-256 of the weights' bytes (random weights included), so a changed weights file
+    never reuses a stale export; it is written to a temporary name and renamed, so concurrent runs are safe.
+    """
+    import hashlib
+    import os
+    import tempfile
+
+    from sammil_deploy.export.onnx_export import export_onnx
+    from sammil_deploy.export.resnet import NormalizedEncoder, random_patches, resnet_spec
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    spec = resnet_spec(encoder)
+    path = Path(cache_dir) / f"{encoder.name}-{digest.hexdigest()[:20]}-opset{spec.opset}.onnx"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("exporting %s to %s (once per weights)", encoder.name, path)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        example = torch.from_numpy(random_patches(encoder.input_size_px, 2, np.random.default_rng(0))["patches"])
+        module = NormalizedEncoder(encoder).eval()
+        artifact = export_onnx(module, spec, (example,), Path(tmp) / path.name, external_data_threshold_bytes=1 << 40)
+        os.replace(artifact.path, path)
+    return path
 
 
 def extract_features(
     slide_path: Path | str,
     coords_level0_xy: np.ndarray,
     patch_size_level0_px: int,
-    encoder: PatchEncoder,
+    backend: Backend,
     cfg: ExtractConfig,
     *,
+    input_size_px: int,
+    interpolation: str,
     patch_level: int = 0,
     read_size_px: int | None = None,
     progress: ProgressFn | None = None,
     mpp: float | None = None,
 ) -> np.ndarray:
-    """Encode every patch of one slide.
+    """Encode every patch of one slide with ``backend`` (:func:`open_feature_backend`) via the shared engine.
 
     Args:
-        slide_path: Slide file (opened once per reader process).
+        slide_path: Slide file.
         coords_level0_xy: (N, 2) int top-left corners in level-0 pixels.
-        patch_size_level0_px: Patch side in level-0 pixels (512 in SAM-MIL), resized to the encoder's input.
-        encoder: From :func:`build_encoder`; moved to the configured device in place.
-        cfg: Batch size, workers, device, precision and resize filter.
+        patch_size_level0_px: Patch side in level-0 pixels (512 in SAM-MIL).
+        backend: A loaded feature backend.
+        cfg: Batch size, workers, reader.
+        input_size_px: Encoder input side S.
+        interpolation: Resize filter.
         patch_level: Level the patches are read at.
         read_size_px: Patch side read at ``patch_level`` (default: level-0 size / level downsample).
         progress: Called as ``progress(done, total)`` after each batch.
@@ -156,41 +264,17 @@ def extract_features(
 
     Returns:
         (N, D) float32 features in the order of ``coords_level0_xy``.
-
-    Raises:
-        ConfigError: Unavailable device or precision.
-        SlideError: If a patch cannot be read.
     """
-    from sammil_deploy.patching.dataset import PatchDataset, make_patch_loader
+    from sammil_deploy.features.engine import encode_patches
 
-    coords = np.asarray(coords_level0_xy)
-    device = resolve_device(cfg.device)
-    autocast_context(device, cfg.precision)  # validate before any worker starts
-    out = np.empty((coords.shape[0], encoder.dim), np.float32)
-    if coords.shape[0] == 0:
-        return out
-    transform = PatchTransform(encoder.input_size_px, cfg.interpolation or encoder.interpolation)
-    dataset = PatchDataset(
-        slide_path, coords, patch_size_level0_px, patch_level, transform, read_size_px=read_size_px, mpp=mpp
-    )
-    encoder = prepare_encoder(encoder, device)
-    # One pass per slide: workers exit with the iterator instead of idling until garbage collection.
-    loader = make_patch_loader(
-        dataset,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent=False,
-    )
-    done = 0
-    try:
-        for batch, rows in loader:
-            feats = encode_batch(encoder, batch, device, cfg.precision)
-            out[rows.numpy()] = feats.cpu().numpy()
-            done += len(rows)
-            if progress is not None:
-                progress(done, len(out))
-    finally:
-        dataset.close()
-    log.debug("%s: %d patches encoded on %s (%s)", Path(slide_path).name, len(out), device, cfg.precision)
-    return out
+    if read_size_px is None:
+        from sammil_deploy.slide import open_slide
+
+        with open_slide(slide_path, reader="openslide", mpp=mpp) as reader:
+            downsample = reader.info.level_downsamples[patch_level]
+        read_size_px = max(1, round(patch_size_level0_px / downsample))
+    return encode_patches(
+        slide_path, coords_level0_xy, backend, patch_level=patch_level, read_size_px=read_size_px,
+        input_size_px=input_size_px, interpolation=interpolation, batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers, reader=cfg.reader, resize=cfg.resize, mpp=mpp, progress=progress,
+    )  # fmt: skip

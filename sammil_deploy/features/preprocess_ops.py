@@ -20,13 +20,16 @@ INTERPOLATIONS = ("bicubic", "bilinear")
 
 @dataclass(frozen=True, slots=True)
 class PatchTransform:
-    """RGB patch ``(H, W, 3)`` uint8 → ``(3, S, S)`` uint8 tensor, resized with PIL.
+    """RGB patch ``(H, W, 3)`` uint8 → ``(3, S, S)`` uint8 tensor, resized with PIL (antialiased).
 
-    Picklable (plain fields only), so DataLoader workers can carry it.
+    With ``channels_last`` the tensor is ``(S, S, 3)``: what the exported encoder takes, so batches need no
+    transpose copy (which would also move a pinned batch into pageable memory). Picklable (plain fields only),
+    so DataLoader workers can carry it.
     """
 
     size_px: int = 224
     interpolation: str = "bicubic"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.size_px <= 0:
@@ -35,12 +38,14 @@ class PatchTransform:
             raise ConfigError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
 
     def __call__(self, rgb: np.ndarray) -> torch.Tensor:
-        """Resize one patch; returns a contiguous ``(3, S, S)`` uint8 tensor."""
+        """Resize one patch; returns a contiguous ``(3, S, S)`` (or ``(S, S, 3)``) uint8 tensor."""
         from PIL import Image
 
         if rgb.shape[:2] != (self.size_px, self.size_px):
             resample = Image.Resampling.BICUBIC if self.interpolation == "bicubic" else Image.Resampling.BILINEAR
             rgb = np.asarray(Image.fromarray(rgb).resize((self.size_px, self.size_px), resample))
+        if self.channels_last:
+            return torch.from_numpy(np.require(rgb, requirements=("C", "W")))  # PIL's array view is read-only
         return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 

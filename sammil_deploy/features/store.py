@@ -21,7 +21,6 @@ never sees half a file. The official layout (group rows appended to ``features``
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import numpy as np
 from sammil_deploy import __version__
 from sammil_deploy.errors import FeatureStoreError
 from sammil_deploy.features.bag import NO_SEGMENT, FeatureBag, SpatialContext
+from sammil_deploy.io_atomic import atomic_h5
 
 SCHEMA_VERSION = 1
 _CONTEXT_DATASETS = ("segment_id", "segment_area", "membership", "group_ids", "group_area", "group_features")
@@ -39,8 +39,7 @@ _CONTEXT_DATASETS = ("segment_id", "segment_area", "membership", "group_ids", "g
 def write_bag(path: Path, bag: FeatureBag) -> Path:
     """Write ``bag`` atomically to ``path`` (schema v1) and return the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_h5(path) as f:
+    with atomic_h5(path) as f:
         rows = max(1, min(bag.n_patches, 4096))
         coords = f.create_dataset("coords", data=bag.coords_level0_xy.astype(np.int64), chunks=(rows, 2))
         coords.attrs.update(patch_size=int(bag.patch_size_level0_px), patch_level=int(bag.patch_level))
@@ -124,7 +123,7 @@ def write_official(path: Path, bag: FeatureBag) -> Path:
     ctx = bag.require_context()
     n_groups = ctx.n_groups
     coords = np.concatenate([bag.coords_level0_xy, -np.ones((n_groups, 2), np.int64)]).astype(np.int64)
-    with _atomic_h5(Path(path)) as f:
+    with atomic_h5(Path(path)) as f:
         f.create_dataset("features", data=bag.tokens(with_groups=True).astype(np.float32))
         f.create_dataset("coords", data=coords)
         f.create_dataset("is_group_feat", data=bag.is_group_token(with_groups=True).astype(np.int64))
@@ -252,26 +251,6 @@ def _make_bag(
         )
     except FeatureStoreError as err:
         raise FeatureStoreError(f"{path.name}: {err}") from None
-
-
-class _atomic_h5:
-    """Open ``<path>.partial`` for writing and rename it over ``path`` only if the block succeeds."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = path.with_name(path.name + ".partial")
-
-    def __enter__(self) -> h5py.File:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = h5py.File(self.tmp, "w")
-        return self.file
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.file.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 def _open_h5(path: Path) -> h5py.File:

@@ -12,9 +12,7 @@ Everything is read and validated before anything is written; the folder appears 
 from __future__ import annotations
 
 import csv
-import os
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sammil_deploy.errors import ConfigError
+from sammil_deploy.io_atomic import atomic_dir
 
 TABLE_FORMATS = ("csv", "parquet", "npz")
 _SAFE_ID = re.compile(r"[A-Za-z0-9._+-]+")
@@ -94,14 +93,11 @@ def import_bags(table: InstanceTable, out_dir: Path, *, overwrite: bool = False)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ConfigError(f"{out_dir}: folder exists and is not empty; choose a new --out or pass --overwrite")
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     order = np.argsort(table.bag_ids, kind="stable")
     ids, starts = np.unique(table.bag_ids[order], return_index=True)
     ends = np.r_[starts[1:], len(order)]
     sizes, labels = [], {}
-    try:
+    with atomic_dir(out_dir) as tmp:
         for bag_id, start, end in zip(ids.tolist(), starts, ends, strict=True):
             rows = order[start:end]
             n = len(rows)
@@ -114,11 +110,6 @@ def import_bags(table: InstanceTable, out_dir: Path, *, overwrite: bool = False)
             writer = csv.writer(f)
             writer.writerow(["slide_id", "label"])
             writer.writerows(sorted(labels.items()))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     counts: dict[str, int] = {}
     for label in labels.values():
         counts[label] = counts.get(label, 0) + 1

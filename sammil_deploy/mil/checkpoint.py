@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 
 from sammil_deploy.config import to_dict
 from sammil_deploy.errors import CheckpointError, ConfigError
+from sammil_deploy.io_atomic import save_safetensors, write_text
 from sammil_deploy.mil.config import ModelConfig
 from sammil_deploy.mil.model import MilHead, build_model
 from sammil_deploy.mil.threshold import Threshold, threshold_from_fields
@@ -140,23 +140,13 @@ def save_checkpoint(path: Path, model: MilHead, meta: CheckpointMeta) -> Path:
     Raises:
         CheckpointError: If ``meta`` disagrees with the model's config.
     """
-    from safetensors.torch import save_file
-
     if meta.model != to_dict(model.config):
         raise CheckpointError("checkpoint metadata describes a different model config than the weights")
     weights, sidecar = checkpoint_paths(path)
-    weights.parent.mkdir(parents=True, exist_ok=True)
     text = meta.to_json()
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp_w, tmp_s = weights.with_name(weights.name + ".partial"), sidecar.with_name(sidecar.name + ".partial")
-    try:
-        save_file(state, str(tmp_w), metadata={"sammil_deploy": text})
-        tmp_s.write_text(text + "\n")
-        os.replace(tmp_w, weights)
-        os.replace(tmp_s, sidecar)
-    finally:
-        for tmp in (tmp_w, tmp_s):
-            tmp.unlink(missing_ok=True)
+    write_text(sidecar, text + "\n")
+    save_safetensors(weights, state, metadata={"sammil_deploy": text})  # last: its presence means complete
     return weights
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sammil_deploy.io_atomic import atomic_path
 from sammil_deploy.mil.data import BagDataset
 from sammil_deploy.mil.metrics import classification_metrics, mean_std
 from sammil_deploy.mil.model import MilHead
@@ -124,14 +124,11 @@ def write_predictions_csv(
     else:
         predicted = pred.probs.argmax(axis=1)
     margins = pred.margins if binary else np.full(len(predicted), np.nan)
-    tmp = path.with_name(path.name + ".partial")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         margin_col = ["margin"] if binary else []
         writer.writerow(["slide_id", "fold", "label", "predicted", *[f"prob_{c}" for c in class_names], *margin_col])
         for sid, y, p, probs, m in zip(pred.slide_ids, pred.labels, predicted, pred.probs, margins, strict=True):
             extra = [f"{m:.6f}"] if binary else []
             writer.writerow([sid, fold, class_names[y], class_names[p], *[f"{v:.6f}" for v in probs], *extra])
-    os.replace(tmp, path)
     return path

@@ -21,6 +21,7 @@ import torch
 
 from sammil_deploy._deps import require
 from sammil_deploy.errors import ConfigError
+from sammil_deploy.io_atomic import atomic_path, write_text
 from sammil_deploy.mil.config import TrainConfig, TrainRecipe
 from sammil_deploy.mil.data import BagDataset
 from sammil_deploy.mil.evaluate import autocast, predict
@@ -255,25 +256,20 @@ def _train_epoch(
 
 def write_logs(log_dir: Path, result: FitResult) -> None:
     """``log.csv`` (one row per epoch) and ``log.json`` (history, best epoch, threshold), atomically."""
-    log_dir.mkdir(parents=True, exist_ok=True)
     part_names = sorted({k for r in result.history for k in r.parts})
     rows = [{**{k: v for k, v in asdict(r).items() if k != "parts"}, **r.parts} for r in result.history]
     fields = [k for k in EpochRecord.__dataclass_fields__ if k != "parts"] + part_names
-    tmp = log_dir / "log.csv.partial"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(log_dir / "log.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, log_dir / "log.csv")
     payload: dict[str, Any] = {
         "best_epoch": result.best_epoch,
         **threshold_fields(result.threshold),
         "stopped_early": result.stopped_early,
         "history": [asdict(r) for r in result.history],
     }
-    tmp = log_dir / "log.json.partial"
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(tmp, log_dir / "log.json")
+    write_text(log_dir / "log.json", json.dumps(payload, indent=1, default=str))
 
 
 def _tensorboard(log_dir: Path | None) -> Any:

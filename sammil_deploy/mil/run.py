@@ -12,7 +12,6 @@ import csv
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from sammil_deploy.config import to_dict
 from sammil_deploy.errors import ConfigError
 from sammil_deploy.features.bag import FeatureBag
+from sammil_deploy.io_atomic import atomic_path, write_text
 from sammil_deploy.mil.checkpoint import load_checkpoint, make_meta, save_checkpoint
 from sammil_deploy.mil.config import TrainRecipe, with_data_shape
 from sammil_deploy.mil.data import BagDataset, Labels, Split, find_feature_files, make_splits, read_labels, read_splits
@@ -239,9 +239,7 @@ def _sha256_file(path: Path) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def _write_summary(
@@ -268,18 +266,14 @@ def _write_summary(
     for stat in ("mean", "std", "sem"):
         values = [summary.mean_std.get(c, {}).get(stat, "") for c in metric_cols]
         rows.append([stat, "", "", "", "", *values, "", ""])
-    tmp = out / "summary.csv.partial"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows([columns, *rows])
-    os.replace(tmp, out / "summary.csv")
-    tmp = out / "predictions.csv.partial"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out / "predictions.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["slide_id", "fold", "label", *[f"prob_{c}" for c in class_names]])
         for fold, pred, _ in preds:
             for sid, y, p in zip(pred.slide_ids, pred.labels, pred.probs, strict=True):
                 writer.writerow([sid, fold, class_names[y], *[f"{v:.6f}" for v in p]])
-    os.replace(tmp, out / "predictions.csv")
 
 
 __all__ = ["CvSummary", "EpochRecord", "evaluate_checkpoint", "train_cross_validation"]

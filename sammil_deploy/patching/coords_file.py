@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 from sammil_deploy import __version__
 from sammil_deploy.config import to_dict
 from sammil_deploy.errors import FeatureStoreError
+from sammil_deploy.io_atomic import atomic_h5
 from sammil_deploy.patching.grid import PatchGrid
 from sammil_deploy.slide import SlideInfo
 
@@ -62,47 +62,40 @@ def write_coords_h5(
     Returns:
         ``path``.
     """
-    import h5py
-
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
     coords = np.ascontiguousarray(grid.coords_level0_xy, dtype=np.int64).reshape(-1, 2)
     level_wh = info.level_dimensions_wh[grid.patch_level]
-    try:
-        with h5py.File(tmp, "w") as f:
-            dset = f.create_dataset(
-                "coords", data=coords, maxshape=(None, 2), chunks=(max(1, min(_CHUNK_ROWS, len(coords))), 2)
-            )
-            dset.attrs.update(
-                patch_size=int(grid.patch_size_px),
-                patch_level=int(grid.patch_level),
-                downsample=np.array([grid.patch_downsample, info.dimensions_wh[1] / level_wh[1]], np.float64),
-                downsampled_level_dim=np.array(level_wh, np.int64),
-                level_dim=np.array(level_wh, np.int64),
-                name=info.slide_id,
-                save_path=str(path),
-            )
-            f.attrs.update(
-                schema_version=COORDS_SCHEMA_VERSION,
-                toolkit_version=__version__,
-                slide_path=str(info.path),
-                slide_width_px=int(info.dimensions_wh[0]),
-                slide_height_px=int(info.dimensions_wh[1]),
-                mpp=float("nan") if info.mpp is None else float(info.mpp),
-                mpp_source=info.mpp_source,
-                patch_size_level0_px=int(grid.patch_size_level0_px),
-                step_level0_px=int(grid.step_level0_px),
-                output_size_px=int(grid.output_size_px),
-                target_mpp=float("nan") if grid.target_mpp is None else float(grid.target_mpp),
-                n_patches=len(coords),
-            )
-            for key, value in (configs or {}).items():
-                plain = dict(value) if isinstance(value, Mapping) else to_dict(value)
-                f.attrs[f"{key}_config"] = json.dumps(plain, sort_keys=True, default=str)
-            f.attrs.update(dict(extra_attrs or {}))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_h5(path) as f:
+        dset = f.create_dataset(
+            "coords", data=coords, maxshape=(None, 2), chunks=(max(1, min(_CHUNK_ROWS, len(coords))), 2)
+        )
+        dset.attrs.update(
+            patch_size=int(grid.patch_size_px),
+            patch_level=int(grid.patch_level),
+            downsample=np.array([grid.patch_downsample, info.dimensions_wh[1] / level_wh[1]], np.float64),
+            downsampled_level_dim=np.array(level_wh, np.int64),
+            level_dim=np.array(level_wh, np.int64),
+            name=info.slide_id,
+            save_path=str(path),
+        )
+        f.attrs.update(
+            schema_version=COORDS_SCHEMA_VERSION,
+            toolkit_version=__version__,
+            slide_path=str(info.path),
+            slide_width_px=int(info.dimensions_wh[0]),
+            slide_height_px=int(info.dimensions_wh[1]),
+            mpp=float("nan") if info.mpp is None else float(info.mpp),
+            mpp_source=info.mpp_source,
+            patch_size_level0_px=int(grid.patch_size_level0_px),
+            step_level0_px=int(grid.step_level0_px),
+            output_size_px=int(grid.output_size_px),
+            target_mpp=float("nan") if grid.target_mpp is None else float(grid.target_mpp),
+            n_patches=len(coords),
+        )
+        for key, value in (configs or {}).items():
+            plain = dict(value) if isinstance(value, Mapping) else to_dict(value)
+            f.attrs[f"{key}_config"] = json.dumps(plain, sort_keys=True, default=str)
+        f.attrs.update(dict(extra_attrs or {}))
     return path
 
 

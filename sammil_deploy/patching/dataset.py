@@ -25,12 +25,13 @@ class PatchDataset(Dataset):
     Args:
         slide_path: Slide file.
         coords_level0_xy: (N, 2) int top-left corners in level-0 pixels.
-        patch_size_level0_px: Patch side in level-0 pixels.
+        patch_size_level0_px: Patch side in level-0 pixels (only needed without ``read_size_px``).
         patch_level: Level to read at.
         read_size_px: Side read at ``patch_level`` (a grid's ``patch_size_px``); default
             ``round(patch_size_level0_px / downsample(patch_level))``.
         transform: Maps an (H, W, 3) uint8 patch to what a DataLoader batches (e.g. a (3, S, S) tensor).
         mpp: Optional mpp override passed to :func:`open_slide` (geometry only; reads do not need it).
+        reader: Reader name for :func:`open_slide` (``auto``, ``openslide``, ``tiled``).
 
     Items are ``(transform(patch), row)``, so batches carry their row indices.
     """
@@ -39,26 +40,29 @@ class PatchDataset(Dataset):
         self,
         slide_path: Path | str,
         coords_level0_xy: np.ndarray,
-        patch_size_level0_px: int,
+        patch_size_level0_px: int | None,
         patch_level: int,
         transform: Callable[[np.ndarray], Any],
         *,
         read_size_px: int | None = None,
         mpp: float | None = None,
+        reader: str = "auto",
     ) -> None:
         coords = np.asarray(coords_level0_xy)
         if coords.ndim != 2 or coords.shape[1] != 2:
             raise PatchingError(f"{Path(slide_path).name}: coords must be (N, 2) level-0 x, y; got {coords.shape}")
-        if patch_size_level0_px <= 0:
-            raise PatchingError(f"{Path(slide_path).name}: patch size must be > 0 px, got {patch_size_level0_px}")
-        if read_size_px is not None and read_size_px <= 0:
-            raise PatchingError(f"{Path(slide_path).name}: read size must be > 0 px, got {read_size_px}")
+        if patch_size_level0_px is None and read_size_px is None:
+            raise PatchingError(f"{Path(slide_path).name}: give the patch size at level 0 or the read size")
+        for what, px in (("patch size", patch_size_level0_px), ("read size", read_size_px)):
+            if px is not None and px <= 0:
+                raise PatchingError(f"{Path(slide_path).name}: {what} must be > 0 px, got {px}")
         self.slide_path = Path(slide_path)
         self.coords_level0_xy = coords.astype(np.int64, copy=False)
-        self.patch_size_level0_px = int(patch_size_level0_px)
+        self.patch_size_level0_px = None if patch_size_level0_px is None else int(patch_size_level0_px)
         self.patch_level = int(patch_level)
         self.transform = transform
         self.mpp = mpp
+        self.reader = reader
         self._reader: SlideReader | None = None
         self._reader_pid: int | None = None
         self._read_size_px = read_size_px
@@ -77,7 +81,7 @@ class PatchDataset(Dataset):
         pid = os.getpid()
         if self._reader is None or self._reader_pid != pid:
             # After a fork the inherited handle belongs to the parent: leave it alone and open our own.
-            reader = open_slide(self.slide_path, mpp=self.mpp)
+            reader = open_slide(self.slide_path, reader=self.reader, mpp=self.mpp)
             info = reader.info
             if not 0 <= self.patch_level < info.level_count:
                 reader.close()

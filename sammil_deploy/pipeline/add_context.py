@@ -1,9 +1,12 @@
 """Add SAM spatial context to features extracted elsewhere (CLAM ``.h5`` / ``.pt``), without re-extracting.
 
 The paper offers "SAM-guided feature files from previously extracted feature files"; this is that path. The
-segmentation image covers the union box of the patch footprints (CLAM files keep no tissue contours), read with
-SAM-MIL's level rule; the patches are then assigned to the masks they touch and the group tokens are the means
-of the stored features (Eq. 3), exactly as ``extract`` computes them.
+SAM image is framed exactly as ``extract`` and ``infer`` frame it, by the union box of the tissue contours: the
+tissue is detected again (cheap, on a low-resolution level) with the tissue settings the feature file recorded
+(our files), else the ones given (``--preset`` for CLAM files, which record none). Framing by the patch
+footprints instead would give other segments, so a model trained on upgraded files would see other group tokens
+than ``infer`` feeds it. The patches are then assigned to the masks they touch and the group tokens are the
+means of the stored features (Eq. 3), exactly as ``extract`` computes them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     from segment_anything.modeling import Sam
 
     from sammil_deploy.segment import SegmentConfig
+    from sammil_deploy.tissue import TissueConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,32 +44,82 @@ def patch_extent_level0(coords_level0_xy: np.ndarray, patch_size_level0_px: int)
     return int(x0), int(y0), int(x1), int(y1)
 
 
+def recorded_tissue_config(bag: FeatureBag, default: TissueConfig) -> tuple[TissueConfig, str]:
+    """The tissue settings ``bag``'s extraction recorded, else ``default``; and which of the two it is.
+
+    Raises:
+        ConfigError: If the recorded settings are not valid tissue settings of this version.
+    """
+    from sammil_deploy.config import from_mapping
+    from sammil_deploy.tissue import TissueConfig
+
+    extract_config = bag.attrs.get("extract_config")
+    recorded = extract_config.get("tissue") if isinstance(extract_config, dict) else None
+    if isinstance(recorded, dict):
+        return from_mapping(TissueConfig, recorded, section="tissue"), "recorded"
+    return default, "given"
+
+
 def add_context(
-    bag: FeatureBag, slide_path: Path, cfg: SegmentConfig, *, mpp: float | None = None, sam: Sam | None = None
+    bag: FeatureBag,
+    slide_path: Path,
+    cfg: SegmentConfig,
+    *,
+    tissue: TissueConfig | None = None,
+    mpp: float | None = None,
+    sam: Sam | None = None,
 ) -> FeatureBag:
     """Return ``bag`` with segments, memberships and group tokens computed from its slide.
 
+    Args:
+        bag: Patch coords and features (any spatial context it holds is replaced).
+        slide_path: The bag's slide.
+        cfg: Segmenter and membership mode.
+        tissue: Tissue settings for files that recorded none (CLAM's); CLAM's defaults when None.
+        mpp: Microns per level-0 pixel, for slides without metadata.
+        sam: A loaded PyTorch SAM to reuse.
+
     Raises:
         FeatureStoreError: If the bag is empty or its coords fall outside the slide.
-        SlideError, SegmentationError: If the slide cannot be read or segmented.
+        SlideError, TissueError, SegmentationError: If the slide cannot be read, has no tissue, or cannot be
+            segmented.
     """
+    from sammil_deploy.tissue import TissueConfig, detect_tissue
+
     if bag.n_patches == 0:
         raise FeatureStoreError(f"{bag.slide_id}: the feature file has no patch rows")
+    tissue_cfg, source = recorded_tissue_config(bag, tissue or TissueConfig())
     with open_slide(slide_path, mpp=mpp) as reader:
         width, height = reader.info.dimensions_wh
-        box = patch_extent_level0(bag.coords_level0_xy, bag.patch_size_level0_px)
-        if box[0] < 0 or box[1] < 0 or box[0] >= width or box[1] >= height:
+        extent = patch_extent_level0(bag.coords_level0_xy, bag.patch_size_level0_px)
+        if extent[0] < 0 or extent[1] < 0 or extent[0] >= width or extent[1] >= height:
             raise FeatureStoreError(
-                f"{bag.slide_id}: patch coords {box[:2]} lie outside {slide_path.name} ({width}x{height} px); "
+                f"{bag.slide_id}: patch coords {extent[:2]} lie outside {slide_path.name} ({width}x{height} px); "
                 "is this the right slide for the feature file?"
             )
-        _, _, assignment = segment_patches(reader, box, bag.coords_level0_xy, bag.patch_size_level0_px, cfg, sam=sam)
+        frame = detect_tissue(reader, tissue_cfg).bbox_level0  # the framing rule of extract and infer
+        if not _contains(frame, extent):
+            log.warning(
+                "%s: patches reach %s, beyond the tissue box %s of the %s tissue settings; patches outside it join "
+                "no segment (were the patches made with other settings? pass the same --preset)",
+                bag.slide_id, extent, frame, source,
+            )  # fmt: skip
+        _, _, assignment = segment_patches(reader, frame, bag.coords_level0_xy, bag.patch_size_level0_px, cfg, sam=sam)
     context = spatial_context(bag.features, assignment)
-    attrs = {**bag.attrs, "context_added_from": slide_path.name, "segmenter_config": to_dict(cfg)}
+    attrs = {
+        **bag.attrs,
+        "context_added_from": slide_path.name,
+        "segmenter_config": to_dict(cfg),
+        "context_tissue_config": {**to_dict(tissue_cfg), "source": source},
+    }
     return FeatureBag(
         slide_id=bag.slide_id, coords_level0_xy=bag.coords_level0_xy, features=bag.features,
         patch_size_level0_px=bag.patch_size_level0_px, patch_level=bag.patch_level, context=context, attrs=attrs,
     )  # fmt: skip
+
+
+def _contains(outer: tuple[int, int, int, int], inner: tuple[int, int, int, int]) -> bool:
+    return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
 
 
 def find_slide_for(slide_id: str, slides_dir: Path) -> Path:
@@ -101,6 +155,7 @@ def add_context_files(
     out_dir: Path,
     cfg: SegmentConfig,
     *,
+    tissue: TissueConfig | None = None,
     layout: Layout = "sammil",
     coords_dir: Path | None = None,
     mpp: float | None = None,
@@ -115,6 +170,8 @@ def add_context_files(
         slides_dir: Folder with the slides, matched by file stem.
         out_dir: Where ``<stem>.h5`` is written (``layout`` chooses ours or the official one).
         cfg: Segmenter (SAM with a checkpoint, or the fallback) and membership mode.
+        tissue: Tissue settings that frame the SAM image for files that recorded none (CLAM's files): the ones
+            the patches were made with (e.g. ``tissue_preset("bwh_biopsy")``); CLAM's defaults when None.
         layout: ``sammil`` (schema v1) or ``official`` (group rows appended, ``is_group_feat``, ``relative_area``).
         coords_dir: Folder of CLAM patch ``.h5`` files, for ``.pt`` inputs.
         mpp: Microns per pixel for slides without metadata.
@@ -131,7 +188,8 @@ def add_context_files(
 
     def process(path: Path) -> FeatureBag:
         bag = read_feature_file(path, coords_dir=coords_dir)
-        upgraded = add_context(bag, find_slide_for(bag.slide_id, Path(slides_dir)), cfg, mpp=mpp, sam=sam)
+        slide = find_slide_for(bag.slide_id, Path(slides_dir))
+        upgraded = add_context(bag, slide, cfg, tissue=tissue, mpp=mpp, sam=sam)
         write(output_path_for(out_dir, path), upgraded)
         return upgraded
 

@@ -1,4 +1,10 @@
-"""Generic per-slide batch loop: resume by final output, continue past failures, record everything."""
+"""Generic per-slide batch loop: resume by final output, continue past failures, record everything.
+
+Each slide is processed under its lock file (:mod:`sammil_deploy.pipeline.locks`), so two runs sharing an
+output folder split the slides between them. A bad slide is recorded and the loop goes on; an OutputError (disk
+full, read-only, no permission) stops it, since every later slide would fail the same way: what finished is
+kept and a rerun resumes.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-from sammil_deploy.errors import SammilError
+from sammil_deploy.errors import OutputError, SammilError
+from sammil_deploy.io_atomic import output_error
+from sammil_deploy.pipeline.locks import slide_lock
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-Status = Literal["done", "skipped", "failed"]
+Status = Literal["done", "skipped", "locked", "failed"]
 
 
 @dataclass(slots=True)
@@ -23,7 +31,8 @@ class SlideRecord(Generic[R]):
 
     Attributes:
         slide: Input path.
-        status: ``done``, ``skipped`` (final output already there) or ``failed``.
+        status: ``done``, ``skipped`` (final output already there), ``locked`` (another run is processing it;
+            that run writes its outputs) or ``failed``.
         seconds: Wall time spent on it.
         result: What the per-slide function returned (``done`` only).
         output: The final output path.
@@ -70,6 +79,11 @@ class BatchSummary(Generic[R]):
         return [r for r in self.records if r.status == "skipped"]
 
     @property
+    def locked(self) -> list[SlideRecord[R]]:
+        """Slides another run held the lock of (not processed here)."""
+        return [r for r in self.records if r.status == "locked"]
+
+    @property
     def failed(self) -> list[SlideRecord[R]]:
         """Slides that raised a SammilError."""
         return [r for r in self.records if r.status == "failed"]
@@ -84,6 +98,7 @@ class BatchSummary(Generic[R]):
         return {
             "done": len(self.done),
             "skipped": len(self.skipped),
+            "locked": len(self.locked),
             "failed": len(self.failed),
             "all_succeeded": self.all_succeeded,
             "slides": [r.to_dict() for r in self.records],
@@ -98,6 +113,7 @@ def run_batch(
     overwrite: bool = False,
     continue_on_error: bool = True,
     on_record: Callable[[SlideRecord[R]], None] | None = None,
+    lock_stale_s: float | None = None,
 ) -> BatchSummary[R]:
     """Run ``process`` on each slide, skipping slides whose final output exists (resume).
 
@@ -106,39 +122,52 @@ def run_batch(
     Args:
         slides: Slide paths, processed in order.
         process: Does the work for one slide and returns a result; raises SammilError on bad input.
-        output_path: The final output file of a slide.
+        output_path: The final output file of a slide; its ``.lock`` sibling is the slide's lock.
         overwrite: Re-run slides whose output exists.
         continue_on_error: Record a SammilError and go on; otherwise re-raise it. Other exceptions (bugs,
             KeyboardInterrupt) always propagate.
         on_record: Called after each slide with its record (progress bars).
+        lock_stale_s: Age after which another run's lock is considered abandoned (default
+            ``$SAMMIL_LOCK_STALE_S`` or 6 h); a lock of a dead process on this host is always stale.
 
     Returns:
         The records, in input order.
+
+    Raises:
+        OutputError: An output cannot be written (disk full, read-only, no permission): the batch stops.
     """
     summary: BatchSummary[R] = BatchSummary()
     for slide in slides:
         slide = Path(slide)
         final = output_path(slide)
-        start = time.perf_counter()
         if final.exists() and not overwrite:
             record: SlideRecord[R] = SlideRecord(slide, "skipped", output=final, detail="output exists")
         else:
-            try:
-                result = process(slide)
-            except SammilError as err:
-                if not continue_on_error:
-                    raise
-                log.info("slide %s failed: %s", slide.name, err)
-                record = SlideRecord(
-                    slide,
-                    "failed",
-                    seconds=time.perf_counter() - start,
-                    error_type=type(err).__name__,
-                    detail=str(err),
-                )
-            else:
-                record = SlideRecord(slide, "done", seconds=time.perf_counter() - start, result=result, output=final)
+            with slide_lock(final, lock_stale_s) as holder:
+                if holder is not None:
+                    record = SlideRecord(slide, "locked", detail=f"locked by another run ({holder.describe()})")
+                elif final.exists() and not overwrite:  # another run finished it while we were on other slides
+                    record = SlideRecord(slide, "skipped", output=final, detail="output exists")
+                else:
+                    record = _process_one(slide, process, final, continue_on_error)
         summary.records.append(record)
         if on_record is not None:
             on_record(record)
     return summary
+
+
+def _process_one(slide: Path, process: Callable[[Path], R], final: Path, continue_on_error: bool) -> SlideRecord[R]:
+    start = time.perf_counter()
+    try:
+        result = process(slide)
+    except OutputError:
+        raise
+    except OSError as err:  # an environment fault raised outside the write helper (e.g. a library's own mkdir)
+        raise output_error(err, final) or err from err
+    except SammilError as err:
+        if not continue_on_error:
+            raise
+        log.info("slide %s failed: %s", slide.name, err)
+        return SlideRecord(slide, "failed", seconds=time.perf_counter() - start, error_type=type(err).__name__,
+                           detail=str(err))  # fmt: skip
+    return SlideRecord(slide, "done", seconds=time.perf_counter() - start, result=result, output=final)

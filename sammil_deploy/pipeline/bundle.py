@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from sammil_deploy.config import from_mapping, to_dict
 from sammil_deploy.errors import BackendError, CheckpointError, ConfigError
+from sammil_deploy.io_atomic import atomic_dir
 from sammil_deploy.mil.threshold import Threshold, threshold_from_fields
 
 if TYPE_CHECKING:
@@ -202,9 +202,7 @@ def make_bundle(
     if export_dir is not None and not Path(export_dir).is_dir():
         raise ConfigError(f"{export_dir}: export folder not found; run `sammil-deploy export` first")
     ckpt = load_checkpoint(checkpoint)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         files: dict[str, str] = {}
 
         def add(src: Path, rel: str) -> str:
@@ -249,12 +247,6 @@ def make_bundle(
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         load_bundle(tmp)  # refuse an inconsistent bundle before it replaces anything
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return load_bundle(out_dir, verify_hashes=False)
 
 
@@ -286,9 +278,19 @@ def _bundle_encoder(preprocess: SlideExtractConfig, tmp: Path, add: Any) -> tupl
         encoder = create_encoder(feats.encoder, weights=src)  # so weights_sha256 names the saved file
     meta = encoder.meta.to_dict()
     meta.pop("weights_source")
-    meta["random_weights"] = feats.weights is None
+    meta["random_weights"] = feats.weights is None or _marked_random(Path(feats.weights))
     meta["interpolation"] = feats.interpolation or encoder.interpolation
     return meta, rel
+
+
+def _marked_random(weights: Path) -> bool:
+    """Whether a ``.safetensors`` file's metadata says ``random_weights`` (the demo's calibrated random encoder)."""
+    if weights.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        return (f.metadata() or {}).get("random_weights") == "true"
 
 
 def _collect_artifacts(export_dir: Path, add: Any) -> list[dict[str, Any]]:

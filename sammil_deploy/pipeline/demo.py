@@ -6,9 +6,11 @@ Stages (each reuses its finished output when the demo is run again on the same f
    held out from training.
 2. ``weights``: a seeded **random** ResNet50-trunc (no weights can be downloaded here): the features carry colour
    and texture statistics only, so the numbers show the machinery working, not pathology accuracy.
-3. ``extract``: tissue, 512 px patches, spatial context (the weight-free fallback segmenter), features, groups.
+3. ``extract``: tissue, 512 px patches, spatial context (the weight-free fallback segmenter, or with ``sam`` a
+   tiny SAM with random weights: see ``demo_sam``), features, groups.
 4. ``train``: SAM-MIL and AB-MIL with the demo recipe (``training/demo.toml``), cross-validated.
-5. ``export``: ResNet50-trunc and the SAM-MIL head to ONNX, each checked against PyTorch.
+5. ``export``: ResNet50-trunc and the SAM-MIL head (with ``sam``: the SAM encoder and point decoder too) to ONNX,
+   each checked against PyTorch.
 6. ``bundle``: what ``infer`` loads (encoder, head, exported graphs, the extraction settings).
 7. ``infer``: the held-out slides end to end with PyTorch and with ONNX Runtime.
 8. ``benchmark``: a small CPU suite (MIL head torch vs ONNX Runtime, reading floor) on a held-out slide.
@@ -19,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from sammil_deploy.errors import ConfigError, ParityError
+from sammil_deploy.io_atomic import atomic_path, save_safetensors, write_json, write_text
+from sammil_deploy.pipeline import demo_sam
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,8 @@ class DemoConfig:
         threads: torch / ONNX Runtime CPU threads.
         seed: Seed of the cohort, the random encoder and training.
         benchmark: Run the benchmark stage.
+        sam: Segment with the demo's random tiny SAM (``demo_sam``) instead of the fallback, and export it into
+            the bundle so ``infer`` runs the SAM chain; its masks are not meaningful.
     """
 
     n_slides: int = 12
@@ -75,6 +80,7 @@ class DemoConfig:
     threads: int = 2
     seed: int = 0
     benchmark: bool = True
+    sam: bool = False
 
     def __post_init__(self) -> None:
         if self.n_slides < 8:
@@ -112,6 +118,7 @@ class DemoResult:
         return {
             "out_dir": str(self.out_dir),
             "random_encoder_weights": True,
+            "random_sam_weights": "sam" in self.metrics,
             "stages": [vars(s) for s in self.stages],
             "metrics": self.metrics,
         }
@@ -157,10 +164,14 @@ def run_demo(out_dir: Path, cfg: DemoConfig | None = None, *, progress: Progress
     _stage(result, "data", (data / "train_labels.csv").is_file(), say, lambda: _cohort(data, cfg), data_artifacts)
     cohort = _cohort(data, cfg)  # reads the written cohort back
     weights = out_dir / "weights" / "resnet50_trunc_RANDOM.safetensors"
+    sam_weights = out_dir / "weights" / demo_sam.SAM_WEIGHTS_NAME if cfg.sam else None
+    demo_sam.claim_folder(out_dir, "sam" if cfg.sam else "fallback")
+    if sam_weights is not None and not sam_weights.is_file():
+        demo_sam.write_random_sam(sam_weights, cfg.seed)
     extract_cfg = load_extract_config(
         preset="bwh_biopsy",
         overrides={
-            "segment.segmenter": "fallback",
+            **demo_sam.segment_overrides(sam_weights),
             "features.weights": weights,
             "features.batch_size": cfg.batch_size,
             "features.num_workers": cfg.num_workers,
@@ -191,7 +202,7 @@ def run_demo(out_dir: Path, cfg: DemoConfig | None = None, *, progress: Progress
     for model in MODELS:
         _train(result, model, features_dir, cohort["train_labels"], out_dir / "train" / model, cfg, say)
     checkpoint = Path(json.loads((out_dir / "train" / "sammil" / "summary.json").read_text())["checkpoints"][0])
-    _export_and_bundle(result, checkpoint, weights, extract_cfg, out_dir, say)
+    _export_and_bundle(result, checkpoint, weights, sam_weights, extract_cfg, out_dir, say)
     held_out = [data / f"{sid}.svs" for sid in cohort["held_out_ids"]]
     _infer(result, held_out, cohort["labels"], out_dir, cfg, say)
     if cfg.benchmark:
@@ -212,10 +223,8 @@ def _cohort(data: Path, cfg: DemoConfig) -> dict[str, Any]:
     held_out = [max(sid for sid, y in labels.items() if y == label) for label in (0, 1)]
     train_ids = [sid for sid in labels if sid not in held_out]
     if not train_csv.is_file():
-        tmp = train_csv.with_name(train_csv.name + ".partial")
-        with tmp.open("w", newline="") as f:
+        with atomic_path(train_csv) as tmp, tmp.open("w", newline="") as f:
             csv.writer(f).writerows([("slide_id", "label"), *((sid, labels[sid]) for sid in train_ids)])
-        os.replace(tmp, train_csv)
     return {"labels": labels, "train_ids": train_ids, "held_out_ids": held_out, "train_labels": train_csv}
 
 
@@ -228,19 +237,16 @@ def _random_encoder(path: Path, seed: int, calibration_slides: list[Path], extra
     (weights untouched) gives features on the scale of a trained network's.
     """
     import torch
-    from safetensors.torch import save_file
 
     from sammil_deploy.features.encoders import create_encoder
 
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             encoder = create_encoder("resnet50_trunc", allow_random=True)
         _calibrate_batchnorm(encoder, calibration_slides, extract_cfg)
-        tmp = path.with_name(path.name + ".partial")
-        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
-        os.replace(tmp, path)
+        state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
+        save_safetensors(path, state, metadata={"random_weights": "true"})  # bundles and reports say so
     return path
 
 
@@ -307,15 +313,17 @@ def write_recipe_toml(path: Path) -> Path:
         section, name = key.split(".", 1)
         tables.setdefault(section, []).append(f"{name} = {json.dumps(value)}")
     text = "\n\n".join(f"[{section}]\n" + "\n".join(lines) for section, lines in tables.items()) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, text)
 
 
 def _export_and_bundle(
-    result: DemoResult, checkpoint: Path, weights: Path, extract_cfg: Any, out_dir: Path, say: Progress
+    result: DemoResult,
+    checkpoint: Path,
+    weights: Path,
+    sam_weights: Path | None,
+    extract_cfg: Any,
+    out_dir: Path,
+    say: Progress,
 ) -> None:
     from sammil_deploy.export.api import MANIFEST_NAME, export_all
     from sammil_deploy.export.config import ExportConfig
@@ -325,8 +333,9 @@ def _export_and_bundle(
     export_dir, bundle_dir = out_dir / "export", out_dir / "bundle"
 
     def export() -> None:
+        parts = "sam-encoder,sam-decoder,resnet50,mil" if sam_weights is not None else "resnet50,mil"
         report = export_all(
-            checkpoint, None, "tiny", weights, export_dir, ExportConfig(precision="fp32"), only="resnet50,mil"
+            checkpoint, sam_weights, "tiny", weights, export_dir, ExportConfig(precision="fp32"), only=parts
         )
         if not report.passed:
             raise ParityError(f"demo export: parity failed: {'; '.join(report.failures())}")
@@ -348,9 +357,11 @@ def _infer(
 ) -> None:
     from sammil_deploy.pipeline.bundle import load_bundle
     from sammil_deploy.pipeline.infer import InferConfig, output_path, run_slides
+    from sammil_deploy.viz.cohort_report import REPORT_NAME, write_cohort_report
 
     bundle = load_bundle(out_dir / "bundle")
     predictions: dict[str, dict[str, Any]] = {}
+    reports: dict[str, dict[str, Any]] = {}
     for backend in INFER_BACKENDS:
         folder = out_dir / "infer" / backend
         done = all(output_path(folder, s, "report").is_file() for s in slides)
@@ -368,10 +379,15 @@ def _infer(
             done,
             say,
             lambda c=infer_cfg, f=folder: run_slides(slides, bundle, c, f, overwrite=True, continue_on_error=False),
-            {"reports": folder / "reports", "heatmaps": folder / "heatmaps", "summary": folder / "summary.csv"},
-        )
+            {"reports": folder / "reports", "heatmaps": folder / "heatmaps", "summary": folder / "summary.csv",
+             "report_html": folder / REPORT_NAME},
+        )  # fmt: skip
+        if not (folder / REPORT_NAME).is_file():  # a demo folder from before the cohort page existed
+            write_cohort_report(folder)
+        result.metrics.setdefault("cohort_reports", {})[backend] = str(folder / REPORT_NAME)
         for slide in slides:
             report = json.loads(output_path(folder, slide, "report").read_text())
+            reports[f"{slide.stem} {backend}"] = report
             predictions.setdefault(slide.stem, {"label": labels[slide.stem]})[backend] = report["prediction"]
     diffs = [
         abs(p["torch"]["probabilities"][c] - p["onnxruntime"]["probabilities"][c])
@@ -379,6 +395,8 @@ def _infer(
         for c in p["torch"]["probabilities"]
     ]
     result.metrics["held_out"] = predictions
+    if bundle.preprocess.segment.resolved_segmenter == "sam":
+        result.metrics["sam"] = demo_sam.sam_metrics(reports)
     result.metrics["torch_vs_onnxruntime_max_prob_diff"] = max(diffs) if diffs else None
 
 
@@ -411,6 +429,4 @@ def _benchmark(result: DemoResult, slide: Path, out: Path, cfg: DemoConfig, say:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json(path, payload, sort_keys=False)

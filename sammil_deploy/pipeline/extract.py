@@ -18,6 +18,7 @@ from sammil_deploy.errors import ConfigError
 from sammil_deploy.features.extract import ExtractConfig
 from sammil_deploy.patching import PatchConfig
 from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord, run_batch
+from sammil_deploy.pipeline.lookahead import Lookahead
 from sammil_deploy.segment import SegmentConfig
 from sammil_deploy.tissue import TissueConfig, tissue_preset
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
     from sammil_deploy.features.encoders import PatchEncoder
     from sammil_deploy.patching import PatchGrid
+    from sammil_deploy.runtime import Backend
+    from sammil_deploy.segment import PatchAssignment, SamImage, Segmentation
     from sammil_deploy.slide import SlideInfo
 
 log = logging.getLogger(__name__)
@@ -155,8 +158,10 @@ def extract_slide(
     out_dir: Path,
     *,
     encoder: PatchEncoder | None = None,
+    backend: Backend | None = None,
     sam: Sam | None = None,
     progress: PatchProgress | None = None,
+    prepared: PreparedExtract | None = None,
 ) -> ExtractResult:
     """Run the whole extraction on one slide and write its feature file.
 
@@ -165,8 +170,11 @@ def extract_slide(
         cfg: Stage configs.
         out_dir: Output root (``features/`` and ``segments/`` are created inside).
         encoder: A built encoder to reuse across slides; built from ``cfg.features`` when None.
+        backend: Its feature backend (``open_feature_backend``) to reuse across slides; opened (and closed) here
+            when None.
         sam: A loaded SAM model to reuse across slides (``segment.automask.load_sam``); loaded when needed.
         progress: Called as ``progress(slide, patches_done, patches_total)`` during feature extraction.
+        prepared: The slide's :func:`prepare_extract` result when it was prepared ahead; done here when None.
 
     Returns:
         Counts, provenance and per-stage timings.
@@ -176,41 +184,33 @@ def extract_slide(
             nothing is left in ``out_dir`` for this slide then.
     """
     from sammil_deploy.features.bag import FeatureBag
-    from sammil_deploy.features.extract import build_encoder, extract_features
+    from sammil_deploy.features.engine import resize_method, resize_place
+    from sammil_deploy.features.extract import build_encoder, open_feature_backend
     from sammil_deploy.features.store import write_bag
-    from sammil_deploy.patching import make_patch_grid, require_patch_fits
-    from sammil_deploy.pipeline.stages import segment_patches, spatial_context
+    from sammil_deploy.pipeline.stages import encode_patches, spatial_context
     from sammil_deploy.segment.io import save_segmentation
-    from sammil_deploy.slide import open_slide
-    from sammil_deploy.tissue import detect_tissue
 
     path = Path(path)
-    start = time.perf_counter()
-    stages: dict[str, float] = {}
     encoder = encoder if encoder is not None else build_encoder(cfg.features)
-
-    with open_slide(path, mpp=cfg.mpp) as reader:
-        info = reader.info
-        require_patch_fits(info, cfg.patch)
-        tissue = detect_tissue(reader, cfg.tissue)
-        grid = make_patch_grid(info, tissue, cfg.patch)
-        stages["tissue_patching"] = _lap(start)
-        sam_image, segmentation, assignment = segment_patches(
-            reader, tissue.bbox_level0, grid.coords_level0_xy, grid.patch_size_level0_px, cfg.segment, sam=sam
-        )
-        stages["segmentation"] = _lap(start, stages)
-
-    features = extract_features(
-        path,
-        grid.coords_level0_xy,
-        grid.patch_size_level0_px,
-        encoder,
-        cfg.features,
-        patch_level=grid.patch_level,
-        read_size_px=grid.patch_size_px,
-        progress=None if progress is None else lambda done, total: progress(path, done, total),
-        mpp=cfg.mpp,
+    if backend is None:
+        with open_feature_backend(encoder, cfg.features) as own:
+            return extract_slide(path, cfg, out_dir, encoder=encoder, backend=own, sam=sam, progress=progress)
+    prepared = prepared if prepared is not None else prepare_extract(path, cfg, sam=sam)
+    info, reader_name, grid, stages, start = (
+        prepared.info,
+        prepared.reader_name,
+        prepared.grid,
+        prepared.stages,
+        prepared.start,
     )
+    sam_image, segmentation, assignment = prepared.sam_image, prepared.segmentation, prepared.assignment
+
+    features = encode_patches(
+        path, grid, backend, input_size_px=encoder.input_size_px,
+        interpolation=cfg.features.interpolation or encoder.interpolation, batch_size=cfg.features.batch_size,
+        num_workers=cfg.features.num_workers, reader=cfg.features.reader, resize=cfg.features.resize, mpp=cfg.mpp,
+        progress=None if progress is None else lambda done, total: progress(path, done, total),
+    )  # fmt: skip
     stages["features"] = _lap(start, stages)
 
     context = spatial_context(features, assignment)
@@ -221,7 +221,14 @@ def extract_slide(
         patch_size_level0_px=grid.patch_size_level0_px,
         patch_level=grid.patch_level,
         context=context,
-        attrs=_provenance(cfg, encoder, info, grid, segmentation.config, assignment.mode),
+        attrs=_provenance(cfg, encoder, info, grid, segmentation.config, assignment.mode)
+        | {
+            "feature_backend": backend_label(backend),
+            "slide_reader": reader_name,
+            "resize_method": resize_method(
+                cfg.features.interpolation or encoder.interpolation, resize_place(cfg.features.resize, backend.device)
+            ),
+        },
     )
     out_path, seg_path = features_path_for(out_dir, path), segments_path_for(out_dir, path)
     saved_seg: Path | None = None
@@ -250,6 +257,46 @@ def extract_slide(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedExtract:
+    """A slide after tissue detection, patch grid and segmentation (what can run one slide ahead)."""
+
+    info: SlideInfo
+    reader_name: str
+    grid: PatchGrid
+    sam_image: SamImage
+    segmentation: Segmentation
+    assignment: PatchAssignment
+    stages: dict[str, float]
+    start: float
+
+
+def prepare_extract(path: Path, cfg: SlideExtractConfig, *, sam: Sam | None = None) -> PreparedExtract:
+    """Open the slide, detect tissue, lay the patch grid, read the SAM image and segment it.
+
+    Raises:
+        SlideError, TissueError, PatchingError, SegmentationError: Bad slide.
+    """
+    from sammil_deploy.patching import make_patch_grid, require_patch_fits
+    from sammil_deploy.pipeline.stages import segment_patches
+    from sammil_deploy.slide import open_slide
+    from sammil_deploy.tissue import detect_tissue
+
+    start = time.perf_counter()
+    stages: dict[str, float] = {}
+    with open_slide(path, reader=cfg.features.reader, mpp=cfg.mpp) as reader:
+        info = reader.info
+        require_patch_fits(info, cfg.patch)
+        tissue = detect_tissue(reader, cfg.tissue)
+        grid = make_patch_grid(info, tissue, cfg.patch)
+        stages["tissue_patching"] = _lap(start)
+        sam_image, segmentation, assignment = segment_patches(
+            reader, tissue.bbox_level0, grid.coords_level0_xy, grid.patch_size_level0_px, cfg.segment, sam=sam
+        )
+        stages["segmentation"] = _lap(start, stages)
+    return PreparedExtract(info, reader.name, grid, sam_image, segmentation, assignment, stages, start)
+
+
 def extract_slides(
     paths: Iterable[Path],
     cfg: SlideExtractConfig,
@@ -261,6 +308,9 @@ def extract_slides(
     progress: PatchProgress | None = None,
 ) -> BatchSummary[ExtractResult]:
     """``extract_slide`` over many slides, loading the encoder (and SAM) once.
+
+    Slide k+1's tissue detection and segmentation run in a helper thread while slide k is encoded
+    (``pipeline.lookahead``).
 
     Slides whose feature file exists are skipped unless ``overwrite``; a slide that raises a SammilError is
     recorded and the run goes on (unless ``continue_on_error`` is False).
@@ -280,24 +330,39 @@ def extract_slides(
     Raises:
         WeightsError, ConfigError: If the encoder or SAM cannot be loaded (nothing can run then).
     """
-    from sammil_deploy.features.extract import build_encoder
+    from sammil_deploy.features.extract import build_encoder, open_feature_backend
 
     paths = [Path(p) for p in paths]
     todo = [p for p in paths if overwrite or not features_path_for(out_dir, p).exists()]
     encoder = build_encoder(cfg.features) if todo else None
+    backend = open_feature_backend(encoder, cfg.features) if encoder is not None else None
     sam = None
-    if todo and cfg.segment.resolved_segmenter == "sam":
-        from sammil_deploy.segment.automask import load_sam
+    try:
+        if todo and cfg.segment.resolved_segmenter == "sam":
+            from sammil_deploy.segment.automask import load_sam
 
-        sam = load_sam(cfg.segment)
-    return run_batch(
-        paths,
-        lambda p: extract_slide(p, cfg, out_dir, encoder=encoder, sam=sam, progress=progress),
-        lambda p: features_path_for(out_dir, p),
-        overwrite=overwrite,
-        continue_on_error=continue_on_error,
-        on_record=on_record,
-    )
+            sam = load_sam(cfg.segment)
+        with Lookahead(todo, lambda p: prepare_extract(p, cfg, sam=sam), lambda _prepared: None) as ahead:
+            return run_batch(
+                paths,
+                lambda p: extract_slide(
+                    p,
+                    cfg,
+                    out_dir,
+                    encoder=encoder,
+                    backend=backend,
+                    sam=sam,
+                    progress=progress,
+                    prepared=ahead.take(p),
+                ),  # fmt: skip
+                lambda p: features_path_for(out_dir, p),
+                overwrite=overwrite,
+                continue_on_error=continue_on_error,
+                on_record=on_record,
+            )
+    finally:
+        if backend is not None:
+            backend.close()
 
 
 def _lap(start: float, stages: Mapping[str, float] | None = None) -> float:
@@ -326,3 +391,10 @@ def _provenance(
         segmenter_config=seg_config,
         membership=membership,
     )
+
+
+def backend_label(backend: Backend) -> str:
+    """``"onnxruntime resnet50_trunc-....onnx [CPUExecutionProvider]"``: what encoded the features (provenance)."""
+    details = backend.describe()
+    where = ",".join(details.get("providers") or [backend.device])
+    return f"{backend.kind} {Path(str(backend.artifact)).name} [{where}, {details.get('precision', 'fp32')}]"

@@ -10,12 +10,12 @@ level-0 (full-resolution) pixels with the origin at the top left, as QuPath's ow
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sammil_deploy.io_atomic import write_json
 
 NO_SEGMENT_NAME = "no segment"
 
@@ -89,12 +89,4 @@ def patch_tiles_geojson(
 
 def write_geojson(path: Path, collection: dict[str, Any]) -> Path:
     """Write ``collection`` compactly via ``path.partial`` + rename (never a half-written file)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(collection, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_json(path, collection, compact=True, sort_keys=False)

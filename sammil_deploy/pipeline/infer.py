@@ -3,17 +3,16 @@
 Per slide, under ``out_dir``: ``heatmaps/<id>.png``, ``geojson/<id>.geojson``, optionally ``features/<id>.h5``
 (the ``extract`` layout, so inference doubles as extraction) and, written last, ``reports/<id>.json`` whose
 presence marks the slide done. Patches are read and resized by DataLoader worker processes while the encoder
-runs (bounded prefetch, pinned memory on CUDA); only the thumbnail, the SAM image and the (N, D) features are
-held in memory, never a full-resolution slide array.
+runs (bounded prefetch, pinned memory on CUDA); in a cohort, the next slide's tissue detection and segmentation
+run in a helper thread meanwhile (``pipeline.lookahead``, one slide ahead). Only the thumbnail, the SAM image
+and the (N, D) features are held in memory, never a full-resolution slide array.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +21,11 @@ import numpy as np
 from sammil_deploy.config import apply_overrides, from_mapping, read_toml, to_dict
 from sammil_deploy.errors import ConfigError
 from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord, run_batch
+from sammil_deploy.pipeline.lookahead import Lookahead
+from sammil_deploy.pipeline.slide_steps import finish_slide, prepare_slide
 from sammil_deploy.viz.heatmap import SCALINGS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from sammil_deploy.pipeline.bundle import Bundle
     from sammil_deploy.pipeline.models import SlideModels
 
@@ -148,19 +147,6 @@ class SlideResult:
         return {**self.report, "paths": {k: str(v) for k, v in self.paths.items()}}
 
 
-@dataclass
-class _Timer:
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-
 def run_slide(
     path: Path,
     bundle: Bundle,
@@ -193,65 +179,11 @@ def run_slide(
         with load_models(bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
                          intra_op_threads=cfg.intra_op_threads) as own:  # fmt: skip
             return run_slide(path, bundle, cfg, out_dir, models=own, progress=progress)
-    from sammil_deploy.patching import make_patch_grid, require_patch_fits
-    from sammil_deploy.pipeline.outputs import write_outputs
-    from sammil_deploy.pipeline.stages import encode_patches, segment_patches, spatial_context
-    from sammil_deploy.slide import open_slide
-    from sammil_deploy.tissue import detect_tissue
-
-    path = Path(path)
-    pre = bundle.preprocess
-    timer, start = _Timer(), time.perf_counter()
-
-    def tick(stage: str, done: int = 0, total: int = 1) -> None:
-        if progress is not None:
-            progress(path, stage, done, total)
-
-    mpp = cfg.mpp or pre.mpp
-    tick("open")
-    with timer.stage("open"):
-        reader = open_slide(path, mpp=mpp)
-    with reader:
-        info = reader.info
-        tick("tissue")
-        with timer.stage("tissue"):
-            require_patch_fits(info, pre.patch)
-            tissue = detect_tissue(reader, pre.tissue)
-        tick("patching")
-        with timer.stage("patching"):
-            grid = make_patch_grid(info, tissue, pre.patch)
-        tick("segmentation")
-        with timer.stage("segmentation"):
-            _, segmentation, assignment = segment_patches(
-                reader,
-                tissue.bbox_level0,
-                grid.coords_level0_xy,
-                grid.patch_size_level0_px,
-                pre.segment,
-                sam=models.sam,
-                generator=models.mask_generator,
-            )
-        tick("features", 0, len(grid))
-        with timer.stage("features"):
-            features = encode_patches(
-                path, grid, models.features,
-                input_size_px=int(bundle.encoder["input_size_px"]), interpolation=bundle.encoder["interpolation"],
-                feature_dim=bundle.feature_dim, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                prefetch_batches=cfg.prefetch_batches, mpp=mpp,
-                progress=lambda done, total: tick("features", done, total),
-            )  # fmt: skip
-        tick("mil")
-        with timer.stage("mil"):
-            context = spatial_context(features, assignment)
-            tokens = np.concatenate([features, context.group_features]) if bundle.group_tokens else features
-            head = models.mil.infer({"features": np.ascontiguousarray(tokens, np.float32)})
-        tick("outputs")
-        with timer.stage("outputs"):
-            result = write_outputs(
-                path, out_dir, bundle, cfg, models, reader=reader, grid=grid, features=features, context=context,
-                segmentation=segmentation, head=head, timer_seconds=timer.seconds, start=start,
-            )  # fmt: skip
-    return result
+    prepared = prepare_slide(path, bundle, cfg, models, progress=progress)
+    try:
+        return finish_slide(prepared, bundle, cfg, out_dir, models, progress=progress)
+    finally:
+        prepared.reader.close()
 
 
 def run_slides(
@@ -285,14 +217,25 @@ def run_slides(
         models = load_models(bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
                              intra_op_threads=cfg.intra_op_threads)  # fmt: skip
     try:
-        summary = run_batch(
-            paths,
-            lambda p: run_slide(p, bundle, cfg, out_dir, models=models, progress=progress),
-            lambda p: output_path(out_dir, p, "report"),
-            overwrite=overwrite,
-            continue_on_error=continue_on_error,
-            on_record=on_record,
-        )
+        # Slide k+1 is prepared (tissue, grid, segmentation) in a helper thread while slide k is encoded.
+        with Lookahead(todo, lambda p: prepare_slide(p, bundle, cfg, models, progress=progress),
+                       lambda prepared: prepared.reader.close()) as ahead:  # fmt: skip
+
+            def process(p: Path) -> SlideResult:
+                prepared = ahead.take(p)
+                try:
+                    return finish_slide(prepared, bundle, cfg, out_dir, models, progress=progress)
+                finally:
+                    prepared.reader.close()
+
+            summary = run_batch(
+                paths,
+                process,
+                lambda p: output_path(out_dir, p, "report"),
+                overwrite=overwrite,
+                continue_on_error=continue_on_error,
+                on_record=on_record,
+            )
     finally:
         if models is not None:
             models.close()
@@ -330,10 +273,13 @@ def record_dict(record: SlideRecord[SlideResult], out_dir: Path) -> dict[str, An
 
 
 def write_summary(out_dir: Path, records: list[dict[str, Any]], class_names: tuple[str, ...]) -> Path:
-    """``<out>/summary.csv`` from :func:`record_dict` entries."""
+    """``<out>/summary.csv`` from :func:`record_dict` entries, then the cohort page ``<out>/report.html`` from it."""
     from sammil_deploy.pipeline.report import SUMMARY_NAME, summary_rows, write_summary_csv
+    from sammil_deploy.viz.cohort_report import write_cohort_report
 
-    return write_summary_csv(Path(out_dir) / SUMMARY_NAME, summary_rows(records, class_names), class_names)
+    path = write_summary_csv(Path(out_dir) / SUMMARY_NAME, summary_rows(records, class_names), class_names)
+    write_cohort_report(out_dir)
+    return path
 
 
 def config_snapshot(bundle: Bundle, cfg: InferConfig) -> dict[str, Any]:

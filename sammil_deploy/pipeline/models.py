@@ -13,12 +13,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sammil_deploy.errors import ConfigError
+from sammil_deploy.errors import BackendError, ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from segment_anything.modeling import Sam
 
-    from sammil_deploy.pipeline.bundle import Bundle
+    from sammil_deploy.pipeline.bundle import Bundle, BundleArtifact
     from sammil_deploy.runtime import Backend
     from sammil_deploy.segment.fast_automask import FastMaskGenerator
 
@@ -142,6 +144,8 @@ def _torch_backends(bundle: Bundle, device: str, precision: str) -> tuple[Backen
 def _exported(bundle: Bundle, part: str, backend: str, device: str, precision: str | None, threads: int) -> Backend:
     from sammil_deploy.runtime import open_backend
 
+    if backend != "tensorrt" and bundle.find(part, _FORMAT[backend], precision) is None:
+        refuse_gpu_only_part(bundle.artifacts, part, backend)
     art = bundle.require(part, _FORMAT[backend], precision)
     if backend == "onnxruntime":
         providers = "cpu" if device == "cpu" else "cuda" if device.startswith("cuda") else "auto"
@@ -149,6 +153,21 @@ def _exported(bundle: Bundle, part: str, backend: str, device: str, precision: s
         return open_backend("onnxruntime", art.path, providers=providers, device_id=device_id,
                             intra_op_threads=threads)  # fmt: skip
     return open_backend("tensorrt", art.path, device=device if ":" in device else "cuda:0")
+
+
+def refuse_gpu_only_part(artifacts: Sequence[BundleArtifact], part: str, backend: str) -> None:
+    """Name the GPU when a bundle has ``part`` only as TensorRT plans (a bundle built for a GPU, used elsewhere).
+
+    Raises:
+        BackendError: ``part`` exists in the bundle only as TensorRT plans.
+    """
+    plans = sorted(f"{a.precision} {a.path.name}" for a in artifacts if a.part == part and a.format == "tensorrt")
+    if plans and not any(a.part == part and a.format != "tensorrt" for a in artifacts):
+        raise BackendError(
+            f"this bundle was built for a GPU: its {part} is only a TensorRT plan ({', '.join(plans)}), which runs "
+            f"on a CUDA GPU with TensorRT, not with --backend {backend}; use --backend torch (the bundle carries the "
+            "weights), or rebuild the bundle from an export folder that kept the .onnx files"
+        )
 
 
 def _load_segmenter(models: SlideModels, bundle: Bundle, backend: str, device: str, threads: int) -> None:

@@ -57,6 +57,7 @@ def write_outputs(
         start: ``time.perf_counter()`` at the slide's start.
     """
     from sammil_deploy.features.bag import FeatureBag
+    from sammil_deploy.features.engine import resize_place
     from sammil_deploy.features.store import write_bag
     from sammil_deploy.pipeline.extract import features_path_for
     from sammil_deploy.pipeline.geojson import patch_tiles_geojson, write_geojson
@@ -65,6 +66,7 @@ def write_outputs(
     from sammil_deploy.pipeline.stages import bag_attrs
     from sammil_deploy.viz.heatmap import render_heatmap, scale_attention
     from sammil_deploy.viz.preview import write_png
+    from sammil_deploy.viz.report_assets import machine_summary, write_report_assets
 
     outputs_start = time.perf_counter()
     info = reader.info
@@ -95,12 +97,19 @@ def write_outputs(
             context.segment_id, context.segment_area_px, slide_id=info.slide_id,
         )  # fmt: skip
         written.append(write_geojson(paths["geojson"], tiles))
+        assets, asset_files = write_report_assets(
+            out_dir, reader, thumbnail, grid.coords_level0_xy, grid.patch_size_level0_px, display,
+            context.segment_id, report["attention"]["top_patches"],
+        )  # fmt: skip
+        written.extend(asset_files)
         if cfg.save_features:
             attrs = bag_attrs(
                 encoder_meta={**bundle.encoder, "weights_source": str(bundle.encoder_weights)},
                 interpolation=bundle.encoder["interpolation"], precision=cfg.precision,
                 extract_config=bundle.manifest["preprocess"], info=info, grid=grid,
                 segmenter_config=segmentation.config, membership=bundle.preprocess.segment.membership,
+                feature_backend=models.stage_backends.get("features", "unknown"), slide_reader=reader.name,
+                resize_place=resize_place("auto", models.features.device),
             )  # fmt: skip
             bag = FeatureBag(
                 slide_id=info.slide_id, coords_level0_xy=grid.coords_level0_xy, features=features,
@@ -108,7 +117,7 @@ def write_outputs(
                 attrs=attrs,
             )  # fmt: skip
             written.append(write_bag(paths["features"], bag))
-        stage_seconds = {**timer_seconds, "outputs": time.perf_counter() - outputs_start}
+        stage_seconds = {**timer_seconds, **sam_seconds(segmentation), "outputs": time.perf_counter() - outputs_start}
         total = time.perf_counter() - start
         report["timings_s"] = {k: round(v, 4) for k, v in stage_seconds.items()}
         report["seconds"] = round(total, 4)
@@ -118,6 +127,8 @@ def write_outputs(
         }
         report["config"] = config_snapshot(bundle, cfg)
         report["outputs"] = {k: str(p.relative_to(out_dir)) for k, p in paths.items() if k != "report"}
+        report["report_assets"] = assets  # pictures for the cohort report.html
+        report["machine"] = machine_summary()
         write_json_atomic(paths["report"], report)  # last: marks the slide done
     except BaseException:
         for done in written:
@@ -181,6 +192,7 @@ def _report(
             "segments": context.n_groups,
             "instances": int(len(attention)),
             "patches_in_no_segment": int((context.segment_id < 0).sum()),
+            **sam_counts(segmentation),
         },
         "patch": {
             "size_level0_px": grid.patch_size_level0_px,
@@ -207,6 +219,20 @@ def _report(
         "bundle": bundle.describe(),
         "versions": _versions(cfg.backend),
     }
+
+
+def sam_seconds(segmentation: Segmentation) -> dict[str, float]:
+    """The SAM generator's sub-stages inside ``segmentation`` (encoder passes, decoder prompts, post-processing)."""
+    keys = {"encoder_s": "sam_encoder", "decoder_s": "sam_decoder", "postprocess_s": "sam_postprocess"}
+    return {
+        f"segmentation.{name}": float(segmentation.profile[k]) for k, name in keys.items() if k in segmentation.profile
+    }
+
+
+def sam_counts(segmentation: Segmentation) -> dict[str, int]:
+    """SAM's work for this slide: encoder passes (crops) and decoder prompts (points), when SAM ran."""
+    keys = {"encoder_passes": "sam_encoder_passes", "decoder_prompts": "sam_decoder_prompts"}
+    return {name: int(segmentation.profile[k]) for k, name in keys.items() if k in segmentation.profile}
 
 
 def _versions(backend: str) -> dict[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,25 +17,18 @@ from typing import Any
 import numpy as np
 
 from sammil_deploy.errors import ConfigError
+from sammil_deploy.io_atomic import write_json, write_text
 from sammil_deploy.mil.threshold import Threshold, choose_threshold
 
 REPORT_SCHEMA_VERSION = 1
 SUMMARY_NAME = "summary.csv"
-# Entries that differ between two runs on the same inputs (wall times, host-specific paths).
-VOLATILE_KEYS = ("timings_s", "seconds", "patches_per_s", "created")
+# Entries that differ between two runs on the same inputs (wall times, host-specific paths, the machine).
+VOLATILE_KEYS = ("timings_s", "seconds", "patches_per_s", "created", "machine")
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
     """``json.dumps(payload, indent=2, sort_keys=True)`` to ``path`` via ``path.partial`` + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_json(path, payload)
 
 
 def read_report(path: Path) -> dict[str, Any]:
@@ -117,12 +109,4 @@ def write_summary_csv(path: Path, rows: Sequence[dict[str, Any]], class_names: S
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tmp.write_text(buffer.getvalue())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text(path, buffer.getvalue())

@@ -1,10 +1,9 @@
 """Per-slide steps shared by ``extract`` and ``infer``: segments, patch encoding, spatial context, bag attrs.
 
-``extract`` runs the encoder module directly (``features.extract.extract_features``); ``infer`` runs it through a
-:class:`~sammil_deploy.runtime.Backend` (PyTorch, ONNX Runtime or TensorRT) with :func:`encode_patches`. Both
-read patches the same way: :class:`~sammil_deploy.patching.dataset.PatchDataset` in DataLoader worker processes
-(one slide handle each), resized to the encoder input in the workers, batches prefetched into a bounded queue
-(``prefetch_factor`` batches per worker) and pinned on CUDA, so reading overlaps model compute.
+``extract`` and ``infer`` encode patches with the same engine (:mod:`sammil_deploy.features.engine`) through a
+:class:`~sammil_deploy.runtime.Backend` (PyTorch, ONNX Runtime or TensorRT) taking uint8 NHWC patches:
+DataLoader reader processes (one slide handle each, tile-ordered reads), resized in the workers, batches
+prefetched into a bounded queue and pinned on CUDA, so reading overlaps model compute.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from sammil_deploy.features.engine import resize_method
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -57,7 +58,7 @@ def segment_patches(
     """
     from sammil_deploy.segment import assign_patches, read_sam_image, segment_image
 
-    sam_image = read_sam_image(reader, bbox_level0, cfg.long_side_px)
+    sam_image = read_sam_image(reader, bbox_level0, cfg.long_side_px, official=cfg.membership == "official")
     if generator is not None and cfg.resolved_segmenter == "sam":
         segmentation = generator.generate(sam_image.image)
     else:
@@ -100,6 +101,9 @@ def bag_attrs(
     grid: PatchGrid,
     segmenter_config: dict[str, Any],
     membership: str,
+    feature_backend: str = "unknown",
+    slide_reader: str = "unknown",
+    resize_place: str = "host",
 ) -> dict[str, Any]:
     """Feature-file provenance: encoder and weights, every stage config, slide geometry (the store adds the version)."""
     return {
@@ -107,6 +111,9 @@ def bag_attrs(
         "encoder_meta": encoder_meta,
         "encoder_weights_sha256": encoder_meta["weights_sha256"],
         "resize_interpolation": interpolation,
+        "resize_method": resize_method(interpolation, resize_place),
+        "feature_backend": feature_backend,
+        "slide_reader": slide_reader,
         "precision": precision,
         "extract_config": extract_config,
         "segmenter_config": segmenter_config,
@@ -127,73 +134,31 @@ def encode_patches(
     *,
     input_size_px: int,
     interpolation: str,
-    feature_dim: int,
+    feature_dim: int | None = None,
     batch_size: int,
     num_workers: int,
     prefetch_batches: int = 2,
+    reader: str = "auto",
+    resize: str = "auto",
     mpp: float | None = None,
     progress: ProgressFn | None = None,
 ) -> np.ndarray:
-    """Encode every patch of ``grid`` with a feature backend taking ``patches (B, S, S, 3) uint8`` RGB.
+    """Encode every patch of ``grid`` with the shared engine (:func:`sammil_deploy.features.engine.encode_patches`).
 
-    The backend is the exported ResNet contract (``export.resnet``: normalisation inside the model), so the
-    PyTorch module, the ONNX file and the TensorRT plan are fed the same uint8 batches.
-
-    Args:
-        slide_path: Slide file (opened once per reader process).
-        grid: Patch coordinates, level and read size.
-        backend: Loaded feature backend (input ``patches``, output ``features``).
-        input_size_px: Encoder input side S; patches are resized to it in the workers.
-        interpolation: ``bicubic`` or ``bilinear`` (the encoder's reference preprocessing).
-        feature_dim: D, to allocate the output.
-        batch_size: Patches per backend call.
-        num_workers: Reader processes (0: read in this process, no overlap).
-        prefetch_batches: Batches each worker keeps ready (bounds the queue and its memory).
-        mpp: Optional mpp override for slides without metadata.
-        progress: Called as ``progress(done, total)`` after each batch.
+    ``feature_dim`` is accepted for callers that pass it; the engine reads D from the backend's output spec.
 
     Returns:
         (N, D) float32 features in grid order.
-
-    Raises:
-        SlideError: If a patch cannot be read.
-        InputSpecError, BackendError: If the backend refuses the batch.
     """
-    from sammil_deploy.features.preprocess_ops import PatchTransform
-    from sammil_deploy.patching.dataset import PatchDataset, make_patch_loader
+    from sammil_deploy.features.engine import encode_patches as engine_encode
 
-    n = len(grid)
-    out = np.empty((n, feature_dim), np.float32)
-    if n == 0:
-        return out
-    dataset = PatchDataset(
-        slide_path,
-        grid.coords_level0_xy,
-        grid.patch_size_level0_px,
-        grid.patch_level,
-        PatchTransform(input_size_px, interpolation),
-        read_size_px=grid.patch_size_px,
-        mpp=mpp,
-    )
-    loader = make_patch_loader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        pin_memory=backend.device.startswith("cuda"),
-        persistent=False,
-        prefetch_factor=max(1, prefetch_batches),
-    )
-    done = 0
-    try:
-        for batch_chw, rows in loader:
-            # Workers emit (B, 3, S, S); the NHWC view is what the graph takes (channels-last memory for free).
-            patches = batch_chw.permute(0, 2, 3, 1)
-            if backend.kind != "torch":
-                patches = patches.contiguous()
-            out[rows.numpy()] = backend.infer({"patches": patches})["features"]
-            done += len(rows)
-            if progress is not None:
-                progress(done, n)
-    finally:
-        dataset.close()
-    return out
+    features = engine_encode(
+        slide_path, grid.coords_level0_xy, backend, patch_level=grid.patch_level, read_size_px=grid.patch_size_px,
+        input_size_px=input_size_px, interpolation=interpolation, batch_size=batch_size, num_workers=num_workers,
+        prefetch_batches=prefetch_batches, reader=reader, resize=resize, mpp=mpp, progress=progress,
+    )  # fmt: skip
+    if feature_dim is not None and features.shape[1] != feature_dim:
+        from sammil_deploy.errors import InputSpecError
+
+        raise InputSpecError(f"{backend.label}: gives {features.shape[1]}-d features, the bundle says {feature_dim}")
+    return features

@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from sammil_deploy.errors import BackendError
+from sammil_deploy.io_atomic import write_json
 
 METADATA_PREFIX = "sammil_deploy."
 _JSON_METADATA_KEYS = frozenset({"preprocessing", "config", "inputs", "outputs"})
@@ -195,10 +195,7 @@ def sidecar_path(plan_path: Path) -> Path:
 def write_sidecar(plan_path: Path, sidecar: PlanSidecar) -> Path:
     """Write the sidecar of ``plan_path`` atomically (``.partial`` then rename); returns its path."""
     path = sidecar_path(plan_path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, sidecar.to_dict())
 
 
 def read_sidecar(plan_path: Path) -> PlanSidecar:

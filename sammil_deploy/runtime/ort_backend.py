@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from sammil_deploy._deps import require
 from sammil_deploy.errors import BackendError, ConfigError
 from sammil_deploy.runtime.artifacts import TensorSpec, read_onnx_metadata
 from sammil_deploy.runtime.base import ArrayLike, Backend
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +172,11 @@ class OrtBackend(Backend):
                     f"{self.onnx_path}: onnxruntime could not initialise {dropped} (session uses {used}); "
                     f"check the CUDA/TensorRT libraries: {_INSTALL_HINT.get(dropped[0], '')}"
                 )
+        elif [p for p in chosen if p not in used]:  # auto: say which provider it really got, and why not the first
+            log.warning(
+                "onnxruntime %s: %s could not be initialised (e.g. TensorRT's libnvinfer.so.10 not found); using %s",
+                self.onnx_path.name, [p for p in chosen if p not in used], used[0],
+            )  # fmt: skip
         self._session = session
         self.providers = used
         self.device = "cpu" if used[0] == CPU_EP else f"cuda:{self.device_id}"
@@ -206,8 +214,59 @@ class OrtBackend(Backend):
         self._match_outputs(values, self._output_names)
         return dict(zip(self._output_names, values, strict=True))
 
+    def _infer_torch(self, inputs: Mapping[str, ArrayLike]) -> dict[str, torch.Tensor]:
+        """Run with IO binding: no host round trip on CUDA.
+
+        Inputs are bound where they are (torch tensors on the session's device are not copied); outputs are
+        written into torch tensors on the session's device (on CUDA they stay there).
+        """
+        import torch
+
+        device = torch.device(self.device)
+        kind, index = ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
+        binding = self._session.io_binding()
+        bound = {}  # keeps the bound input tensors alive until the run is over
+        for spec in self._input_spec:
+            value = inputs[spec.name]
+            tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+            tensor = bound[spec.name] = tensor.to(device, non_blocking=True).contiguous()
+            binding.bind_input(spec.name, kind, index, np.dtype(spec.dtype), tuple(tensor.shape), tensor.data_ptr())
+        if kind == "cuda":  # ORT runs on its own stream: what torch's stream wrote must be complete
+            torch.cuda.current_stream(device).synchronize()
+        outputs: dict[str, torch.Tensor] = {}
+        for spec in self._output_spec:
+            shape = _output_shape(spec, self._input_spec, bound)
+            if shape is None:  # a data-dependent dim: ORT allocates, copied below
+                binding.bind_output(spec.name, kind, index)
+                continue
+            out = outputs[spec.name] = torch.empty(shape, dtype=getattr(torch, spec.dtype), device=device)
+            binding.bind_output(spec.name, kind, index, np.dtype(spec.dtype), shape, out.data_ptr())
+        try:
+            self._session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+        except _ort_errors(require("onnxruntime", extra="ort")) as err:
+            raise BackendError(f"{self.label}: onnxruntime run failed ({type(err).__name__}: {err})") from None
+        for spec, value in zip(self._output_spec, binding.get_outputs(), strict=True):
+            if spec.name not in outputs:
+                outputs[spec.name] = torch.from_numpy(value.numpy()).to(device)
+        return {spec.name: outputs[spec.name] for spec in self._output_spec}
+
     def _details(self) -> dict[str, Any]:
         return {"providers": list(self.providers), "precision": self.metadata.get("precision", "unknown")}
+
+
+def _output_shape(
+    spec: TensorSpec, input_spec: Sequence[TensorSpec], inputs: Mapping[str, Any]
+) -> tuple[int, ...] | None:
+    """An output's concrete shape from its static dims and the input dims sharing a name; None if any is unknown."""
+    named = {
+        dim: int(inputs[t.name].shape[axis])
+        for t in input_spec
+        for axis, dim in enumerate(t.shape)
+        if isinstance(dim, str)
+    }
+    shape = [dim if isinstance(dim, int) else named.get(dim) if isinstance(dim, str) else None for dim in spec.shape]
+    return None if any(d is None for d in shape) else tuple(int(d) for d in shape)
 
 
 def _to_numpy(value: ArrayLike) -> np.ndarray:

@@ -51,6 +51,38 @@ _TRT_TO_TORCH = {
 }
 
 
+# IExecutionContext.set_tensor_address: "the pointer must have at least 256-byte alignment".
+TRT_ADDRESS_ALIGNMENT_BYTES = 256
+
+
+def is_trt_aligned(address: int, alignment_bytes: int = TRT_ADDRESS_ALIGNMENT_BYTES) -> bool:
+    """Whether a device address can be bound to TensorRT as is (a slice of a tensor usually cannot)."""
+    return address % alignment_bytes == 0
+
+
+# Dynamic axes whose rows are independent (patches, crops, prompts): a call may be split along them. The MIL
+# bag's ``num_instances`` is not (softmax over the whole bag), so a bag above the profile is refused instead.
+ROW_AXES = frozenset({"batch", "num_prompts"})
+
+
+def row_chunks(inputs: Mapping[str, Any], row_inputs: frozenset[str], max_rows: int) -> list[dict[str, Any]]:
+    """Split ``inputs`` into calls of at most ``max_rows`` rows; inputs not in ``row_inputs`` go whole to each.
+
+    Raises:
+        InputSpecError: The row inputs disagree on their row count.
+    """
+    counts = {int(inputs[name].shape[0]) for name in row_inputs if name in inputs}
+    if len(counts) > 1:
+        raise InputSpecError(f"row inputs {sorted(row_inputs)} disagree on their row count: {sorted(counts)}")
+    rows = counts.pop() if counts else 0
+    if rows <= max_rows:
+        return [dict(inputs)]
+    return [
+        {name: value[start : start + max_rows] if name in row_inputs else value for name, value in inputs.items()}
+        for start in range(0, rows, max_rows)
+    ]
+
+
 def trt_dtype_name(trt: Any, dtype: Any) -> str:
     """TensorRT ``DataType`` → numpy/torch dtype name.
 
@@ -168,6 +200,32 @@ class TrtBackend(Backend):
         self.load()
         return dict(self._profile_ranges)
 
+    @property
+    def max_rows_per_call(self) -> int | None:
+        """Most rows (patches, images, prompts) one engine call takes: the profile's max on the row axis.
+
+        :meth:`infer` and :meth:`infer_torch` split larger calls into calls of this size, so callers may send
+        any batch (e.g. all 5 SAM crops to a plan built for one image). None when no input has a row axis.
+        """
+        self.load()
+        maxima = [self._profile_ranges[n][1][0] for n in self._row_inputs() if n in self._profile_ranges]
+        return min(maxima) if maxima else None
+
+    def _row_inputs(self) -> frozenset[str]:
+        return frozenset(t.name for t in self._input_spec if t.rank and t.shape[0] in ROW_AXES)
+
+    def _chunks(self, inputs: Mapping[str, ArrayLike]) -> list[dict[str, ArrayLike]]:
+        limit = self.max_rows_per_call
+        return [dict(inputs)] if limit is None else row_chunks(inputs, self._row_inputs(), limit)
+
+    def _join(self, parts: list[dict[str, Any]], cat: Any) -> dict[str, Any]:
+        if len(parts) == 1:
+            return parts[0]
+        rows = {t.name for t in self._output_spec if t.rank and t.shape[0] in ROW_AXES}
+        if set(parts[0]) - rows:
+            raise BackendError(f"{self.label}: outputs {sorted(set(parts[0]) - rows)} cannot be joined across calls")
+        return {name: cat([part[name] for part in parts]) for name in parts[0]}
+
     def _close(self) -> None:
         if self._stream is not None:
             self._stream.synchronize()
@@ -210,7 +268,7 @@ class TrtBackend(Backend):
                 tensor = self._device_input(spec, value, shape)
                 if not context.set_input_shape(spec.name, shape):
                     raise InputSpecError(f"{self.label}: TensorRT rejected shape {shape} for input {spec.name!r}")
-                context.set_tensor_address(spec.name, tensor.data_ptr())
+                self._bind(spec.name, tensor)
             outputs = {}
             for spec in self._output_spec:
                 shape = tuple(int(d) for d in context.get_tensor_shape(spec.name))
@@ -220,16 +278,31 @@ class TrtBackend(Backend):
                         "does not support; export the part with static-size outputs"
                     )
                 outputs[spec.name] = self._buffer(spec.name, getattr(torch, spec.dtype), shape)
-                context.set_tensor_address(spec.name, outputs[spec.name].data_ptr())
+                self._bind(spec.name, outputs[spec.name])
             if not context.execute_async_v3(stream.cuda_stream):
                 raise BackendError(f"{self.label}: TensorRT execution failed (see the TensorRT log above)")
         return outputs
 
+    def _bind(self, name: str, tensor: torch.Tensor) -> None:
+        if not self._context.set_tensor_address(name, tensor.data_ptr()):
+            raise BackendError(
+                f"{self.label}: TensorRT refused the address of {name!r} (alignment or device; see the TensorRT log)"
+            )
+
     def _device_input(self, spec: TensorSpec, value: ArrayLike, shape: tuple[int, ...]) -> torch.Tensor:
-        """The input on the device: a CUDA tensor in place when possible, else copied into the cached buffer."""
+        """The input on the device: a CUDA tensor in place when possible, else copied into the cached buffer.
+
+        In place needs the right device, a contiguous layout and a 256-byte aligned start; a slice such as
+        ``labels[start:stop]`` usually is not aligned and is copied (the cached buffers start aligned).
+        """
         import torch
 
-        if isinstance(value, torch.Tensor) and value.device == self._torch_device and value.is_contiguous():
+        if (
+            isinstance(value, torch.Tensor)
+            and value.device == self._torch_device
+            and value.is_contiguous()
+            and is_trt_aligned(value.data_ptr())
+        ):
             return value
         source = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
         buffer = self._buffer(spec.name, getattr(torch, spec.dtype), shape)
@@ -237,6 +310,14 @@ class TrtBackend(Backend):
         return buffer
 
     def _infer(self, inputs: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
+        return self._join([self._infer_once(chunk) for chunk in self._chunks(inputs)], np.concatenate)
+
+    def _infer_torch(self, inputs: Mapping[str, ArrayLike]) -> dict[str, torch.Tensor]:
+        import torch
+
+        return self._join([self._infer_torch_once(chunk) for chunk in self._chunks(inputs)], torch.cat)
+
+    def _infer_once(self, inputs: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
         import torch
 
         outputs = self._run(inputs)
@@ -245,7 +326,7 @@ class TrtBackend(Backend):
         self._stream.synchronize()
         return {name: value.numpy() for name, value in host.items()}
 
-    def _infer_torch(self, inputs: Mapping[str, ArrayLike]) -> dict[str, torch.Tensor]:
+    def _infer_torch_once(self, inputs: Mapping[str, ArrayLike]) -> dict[str, torch.Tensor]:
         import torch
 
         outputs = self._run(inputs)
@@ -263,4 +344,5 @@ class TrtBackend(Backend):
             "tensorrt_version": sidecar.tensorrt_version if sidecar else None,
             "precision": sidecar.precision if sidecar else None,
             "profile": self.profile,
+            "max_rows_per_call": self.max_rows_per_call if self._engine is not None else None,
         }

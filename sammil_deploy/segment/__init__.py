@@ -53,7 +53,7 @@ def segment_slide(
     Returns:
         The SAM image and its segmentation; ``segmentation.segmenter`` records which segmenter ran.
     """
-    sam_image = read_sam_image(reader, bbox_level0, cfg.long_side_px)
+    sam_image = read_sam_image(reader, bbox_level0, cfg.long_side_px, official=cfg.membership == "official")
     return sam_image, segment_image(sam_image.image, cfg, sam=sam)
 
 

@@ -73,6 +73,11 @@ class PatchAssignment:
         return self.segment_area_px / float(self.tissue_area_px)
 
 
+# No patch joins a 1-px mask: its area 1 would read as "no mask" in the official layout's relative_area (where 1
+# means no mask). SAM-MIL's own corner test cannot join one either: SAM's box of a 1-px mask has width 0.
+MIN_JOINABLE_AREA_PX = 2
+
+
 def assign_patches(
     segmentation: Segmentation,
     sam_image: SamImage,
@@ -151,7 +156,10 @@ def _memberships(seg: Segmentation, rects: np.ndarray, *, official: bool) -> tup
     max_width = int((rects[:, 2] - rects[:, 0]).max())
     patches: list[np.ndarray] = []
     masks: list[np.ndarray] = []
+    areas = seg.areas_px
     for k in range(seg.n_masks):
+        if areas[k] < MIN_JOINABLE_AREA_PX:
+            continue
         bx0, by0, bx1, by1 = (int(v) for v in seg.bbox_xyxy[k])
         # Candidates: rectangles starting in [bx0 - max_width, bx1), i.e. possibly overlapping the box in x.
         lo, hi = np.searchsorted(x0_sorted, [bx0 - max_width, bx1], side="left")

@@ -43,12 +43,11 @@ def sam_segment(image: np.ndarray, cfg: SegmentConfig, sam: Sam | None = None) -
         SegmentationError: If the GPU runs out of memory (with the settings to lower).
     """
     import torch
-    from segment_anything import SamAutomaticMaskGenerator
 
     if sam is None:
         sam = load_sam(cfg)
     model_type = detect_sam_model_type(sam.state_dict())
-    generator = SamAutomaticMaskGenerator(
+    generator = _empty_safe_generator()(
         sam,
         points_per_side=cfg.points_per_side,
         points_per_batch=cfg.points_per_batch,
@@ -70,6 +69,7 @@ def sam_segment(image: np.ndarray, cfg: SegmentConfig, sam: Sam | None = None) -
             "segment.points_per_batch (e.g. 16) or segment.long_side_px, or use device 'cpu'"
         ) from None
     kept = [r["segmentation"] for r in records if r["area"] >= cfg.min_mask_region_area]
+    total_s = time.perf_counter() - start
     log.info(
         "SAM %s: %d masks (%d kept) on %dx%d in %.1f s",
         model_type,
@@ -77,15 +77,45 @@ def sam_segment(image: np.ndarray, cfg: SegmentConfig, sam: Sam | None = None) -
         len(kept),
         image.shape[1],
         image.shape[0],
-        time.perf_counter() - start,
+        total_s,
     )
-    return Segmentation.from_masks(
+    segmentation = Segmentation.from_masks(
         kept,
         image_hw=(int(image.shape[0]), int(image.shape[1])),
         segmenter=f"sam_{model_type}",
         config=_generator_settings(cfg, model_type),
         tissue_area_px=int(tissue_mask_on_image(image).sum()),
     )
+    segmentation.profile.update(total_s=round(total_s, 4), masks=segmentation.n_masks)
+    return segmentation
+
+
+def _empty_safe_generator() -> type:
+    """Upstream ``SamAutomaticMaskGenerator`` that returns no masks, instead of raising, when none passes.
+
+    With crop layers and no mask left after the per-crop filters, upstream's crop NMS indexes an empty box
+    tensor and raises IndexError (``box_area`` of a (0,) tensor). A slide without masks is valid (its context is
+    empty), so that exact case returns empty mask data; any other IndexError still propagates.
+    """
+    from segment_anything import SamAutomaticMaskGenerator
+    from segment_anything.utils.amg import MaskData
+
+    class EmptySafeMaskGenerator(SamAutomaticMaskGenerator):
+        def _process_crop(self, *args: object, **kwargs: object) -> MaskData:
+            data = super()._process_crop(*args, **kwargs)
+            self.masks_before_crop_nms += len(data["rles"])
+            return data
+
+        def _generate_masks(self, image: np.ndarray) -> MaskData:
+            self.masks_before_crop_nms = 0
+            try:
+                return super()._generate_masks(image)
+            except IndexError:
+                if self.masks_before_crop_nms:
+                    raise
+                return MaskData(rles=[])
+
+    return EmptySafeMaskGenerator
 
 
 def _generator_settings(cfg: SegmentConfig, model_type: str) -> dict[str, object]:

@@ -19,9 +19,11 @@ wraps two ONNX Runtime ``InferenceSession`` objects (anything with ``get_inputs(
 
 Where the speed comes from, with the same masks: all crops go through the encoder in one batch; prompts are
 decoded in batches; the IoU filter runs before upsampling (the reference upsamples every mask, 3 per point);
-stability scores and boxes come from one chunked pass over the upsampled logits, which are then discarded;
-only the masks surviving both NMS rounds are upsampled again and cut to their boxes (no full-image padding,
-no RLE round trip); small-region cleanup works on each mask's box.
+on a CPU each mask is upsampled only inside the window its low-res logits can reach (``upsample.py``; on a GPU
+whole maps in chunks, on the device), and stability scores and boxes come from that pass; only the masks
+surviving both NMS rounds are upsampled again, inside their boxes (no full-image padding, no RLE round trip);
+small-region cleanup works on each mask's box. ``Segmentation.profile`` records encoder passes, decoder prompts
+and the seconds of encoder, decoder and post-processing.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from sammil_deploy.errors import SegmentationError
 from sammil_deploy.segment.config import SegmentConfig
 from sammil_deploy.segment.postprocess import remove_small_regions_in_box, stability_and_boxes, upscale_logits
 from sammil_deploy.segment.segmentation import Segmentation
+from sammil_deploy.segment.upsample import CropUpsampler
 
 if TYPE_CHECKING:
     import torch
@@ -103,6 +106,8 @@ class FastMaskGenerator:
         encoder_batch_size: Crops per encoder call; all crops of the image in one call when None.
         chunk_px: Upsampled logits are processed this many pixels at a time (bounds post-processing memory to
             ~5 bytes per pixel of it).
+        windowed: Upsample each mask only inside the window its low-res logits can reach (``upsample.py``);
+            default: on a CPU device.
         pixel_mean: SAM's per-channel RGB mean on the 0-255 scale.
         pixel_std: SAM's per-channel RGB std on the 0-255 scale.
     """
@@ -119,6 +124,7 @@ class FastMaskGenerator:
         points_per_batch: int | None = None,
         encoder_batch_size: int | None = None,
         chunk_px: int = 1 << 25,
+        windowed: bool | None = None,
         pixel_mean: Sequence[float] = SAM_PIXEL_MEAN,
         pixel_std: Sequence[float] = SAM_PIXEL_STD,
     ) -> None:
@@ -136,6 +142,10 @@ class FastMaskGenerator:
         self.points_per_batch = int(points_per_batch or cfg.points_per_batch)
         self.encoder_batch_size = encoder_batch_size
         self.chunk_px = int(chunk_px)
+        # Windowed upsampling (upsample.py) saves CPU memory traffic; a GPU has the bandwidth for whole maps and
+        # would pay a kernel launch per mask instead.
+        self.windowed = self.device.type == "cpu" if windowed is None else bool(windowed)
+        self._profile: dict[str, float] = {}
         self._mean = torch.tensor(pixel_mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self._std = torch.tensor(pixel_std, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self.point_grids = build_all_layer_point_grids(
@@ -213,13 +223,20 @@ class FastMaskGenerator:
                 "pass the RGB SAM image (read_sam_image) as uint8"
             )
         start = time.perf_counter()
+        self._profile = dict.fromkeys(
+            ("encoder_passes", "encoder_s", "decoder_calls", "decoder_prompts", "decoder_s"), 0
+        )
         with torch.inference_mode():
             boxes, crops = self._generate(np.ascontiguousarray(image))
         areas = np.asarray([int(c.sum()) for c in crops], np.int64)
         keep = np.flatnonzero(areas >= max(self.cfg.min_mask_region_area, 1))
+        total_s = time.perf_counter() - start
+        profile = {**self._profile, "total_s": total_s, "masks": len(keep)}
+        profile["postprocess_s"] = total_s - profile["encoder_s"] - profile["decoder_s"]
         log.info(
-            "%s: %d masks on %dx%d in %.2f s", self.name, len(keep), image.shape[1], image.shape[0],
-            time.perf_counter() - start,
+            "%s: %d masks on %dx%d in %.2f s (encoder %.2f s, %d passes; decoder %.2f s, %d prompts)", self.name,
+            len(keep), image.shape[1], image.shape[0], total_s, profile["encoder_s"], profile["encoder_passes"],
+            profile["decoder_s"], profile["decoder_prompts"],
         )  # fmt: skip
         settings = _generator_settings(self.cfg, self.name.removeprefix("sam_fast_"))
         return Segmentation(
@@ -229,7 +246,16 @@ class FastMaskGenerator:
             segmenter=self.name,
             config={**settings, "generator": "fast"},
             tissue_area_px=int(tissue_mask_on_image(image).sum()),
+            profile={k: round(v, 4) if isinstance(v, float) else v for k, v in profile.items()},
         )
+
+    def _timed(self, key: str, start: float) -> None:
+        """Add the seconds since ``start`` to ``self._profile[key]`` (GPU work finished first)."""
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+        self._profile[key] += time.perf_counter() - start
 
     def _generate(self, image: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """(K, 4) int64 exclusive boxes and K bool crops, before the final area filter."""
@@ -276,8 +302,11 @@ class FastMaskGenerator:
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         import torch
 
+        start = time.perf_counter()
         step = self.encoder_batch_size or len(images)
         outs = [self._tensor(self.encoder(images[i : i + step])) for i in range(0, len(images), step)]
+        self._profile["encoder_passes"] += len(images)
+        self._timed("encoder_s", start)
         return torch.cat(outs)
 
     def _crop_candidates(
@@ -304,8 +333,12 @@ class FastMaskGenerator:
         parts = []
         for start in range(0, len(coords), self.points_per_batch):
             stop = start + self.points_per_batch
+            called = time.perf_counter()
             low_res, iou = self.decoder(embedding, coords[start:stop], labels[start:stop])
             low_res, iou = self._tensor(low_res).flatten(0, 1), self._tensor(iou).flatten(0, 1)
+            self._profile["decoder_calls"] += 1
+            self._profile["decoder_prompts"] += len(coords[start:stop])
+            self._timed("decoder_s", called)
             if self.cfg.pred_iou_thresh > 0.0:  # exact before upsampling: the IoU head does not see the masks
                 keep = iou > self.cfg.pred_iou_thresh
                 low_res, iou = low_res[keep], iou[keep]
@@ -323,11 +356,17 @@ class FastMaskGenerator:
         per_mask_px = self.img_size**2 + resized_hw[0] * resized_hw[1] + crop_hw[0] * crop_hw[1]
         return range(0, n, max(1, self.chunk_px // per_mask_px))
 
+    def _upsampler(self, low_res_px: int, resized_hw: tuple[int, int], crop_hw: tuple[int, int]) -> CropUpsampler:
+        return CropUpsampler(low_res_px, self.img_size, resized_hw, crop_hw, self.device)
+
     def _stability_and_boxes(
         self, low_res: torch.Tensor, resized_hw: tuple[int, int], crop_hw: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
+        if self.windowed:
+            up = self._upsampler(low_res.shape[-1], resized_hw, crop_hw)
+            return up.stability_and_boxes(low_res, MASK_THRESHOLD, STABILITY_OFFSET)
         stability = [torch.zeros(0, device=self.device)]
         boxes = [torch.zeros((0, 4), dtype=torch.int64, device=self.device)]
         chunks = self._chunks(len(low_res), resized_hw, crop_hw)
@@ -348,6 +387,12 @@ class FastMaskGenerator:
         for c in np.unique(crop_of):
             x0, y0, x1, y1 = crop_boxes[c]
             rows = np.flatnonzero(crop_of == c)
+            if self.windowed:
+                up = self._upsampler(data.low_res.shape[-1], resized_hw[c], (y1 - y0, x1 - x0))
+                crops = up.binary_in_boxes(data.low_res[rows], boxes_crop[rows], MASK_THRESHOLD)
+                for k, crop in zip(rows, crops, strict=True):
+                    masks[k] = crop
+                continue
             chunks = self._chunks(len(rows), resized_hw[c], (y1 - y0, x1 - x0))
             for start in chunks:
                 sel = rows[start : start + chunks.step]

@@ -10,12 +10,12 @@ with ``np.packbits``, ``crop_offsets`` (K + 1,) int64 bit offsets into it; ``are
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from sammil_deploy.errors import SegmentationError
+from sammil_deploy.io_atomic import atomic_path, write_png
 from sammil_deploy.segment.sam_image import SamImage
 from sammil_deploy.segment.segmentation import BACKGROUND, Segmentation
 
@@ -47,13 +47,8 @@ def save_segmentation(path: Path, sam_image: SamImage, segmentation: Segmentatio
         "segmenter": np.str_(segmentation.segmenter),
         "config_json": np.str_(json.dumps(segmentation.config, sort_keys=True, default=str)),
     }
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
     return path
 
 
@@ -134,13 +129,4 @@ def render_overlay(image: np.ndarray, segmentation: Segmentation, alpha: float =
 
 def save_overlay_png(path: Path, image: np.ndarray, segmentation: Segmentation, alpha: float = 0.45) -> Path:
     """Write ``render_overlay`` as a PNG next to nothing else, atomically; returns ``path``."""
-    from PIL import Image
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        Image.fromarray(render_overlay(image, segmentation, alpha)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_png(path, render_overlay(image, segmentation, alpha))

@@ -4,6 +4,12 @@ SAM-MIL (``WholeSlideImage_modified.process_contours`` / ``visWSI``) reads the u
 contours at D = 2^ceil(log2(long side / 1024)): at the last level whose integer downsample does not exceed D,
 then resizes by the remaining integer factor with PIL's default (bicubic) filter. We reproduce that exactly so
 official segment files and ours share one pixel grid.
+
+One detail differs between the two rules, and ``official=True`` follows SAM-MIL's: SAM-MIL's
+``WholeSlideImage`` keeps a per-axis downsample per level (level-0 size / level size on each axis, when that is
+not OpenSlide's single value) and takes ``int()`` of each axis — to pick the level (both axes must exceed D), to
+size the region (per axis) and for the residual (x axis). A level whose OpenSlide downsample is just below a whole
+number (3.9999 from rounded level sizes) then gets a different integer on one axis than ``int(3.9999) = 3``.
 """
 
 from __future__ import annotations
@@ -62,7 +68,46 @@ def sam_read_level(level_downsamples: tuple[float, ...], downsample: int) -> int
     return len(level_downsamples) - 1
 
 
-def read_sam_image(reader: SlideReader, bbox_level0: tuple[int, int, int, int], long_side_px: int = 1024) -> SamImage:
+def official_level_downsamples(
+    level_dimensions_wh: tuple[tuple[int, int], ...], level_downsamples: tuple[float, ...]
+) -> list[tuple[float, float]]:
+    """SAM-MIL's per-axis downsamples (CLAM's ``_assertLevelDownsamples``).
+
+    Level-0 size / level size on each axis, or OpenSlide's value on both axes when those ratios equal it.
+    """
+    w0, h0 = level_dimensions_wh[0]
+    out = []
+    for downsample, (w, h) in zip(level_downsamples, level_dimensions_wh, strict=True):
+        estimated = (w0 / float(w), h0 / float(h))
+        out.append(estimated if estimated != (downsample, downsample) else (downsample, downsample))
+    return out
+
+
+def official_geometry(
+    level_dimensions_wh: tuple[tuple[int, int], ...],
+    level_downsamples: tuple[float, ...],
+    bbox_level0: tuple[int, int, int, int],
+    downsample: int,
+) -> tuple[int, int, tuple[int, int]]:
+    """SAM-MIL's level, residual factor and region size (w, h) at that level for target downsample D."""
+    per_axis = official_level_downsamples(level_dimensions_wh, level_downsamples)
+    level = len(per_axis) - 1
+    for i, (ds_x, ds_y) in enumerate(per_axis):
+        if int(ds_x) > downsample and int(ds_y) > downsample:
+            level = max(i - 1, 0)
+            break
+    int_x, int_y = int(per_axis[level][0]), int(per_axis[level][1])
+    residual = max(int(downsample / int_x), 1)
+    x0, y0, x1, y1 = bbox_level0
+    # visWSI: (corner * (1 / int(ds))).astype(int) per axis, float products included.
+    size_w = int(x1 * (1.0 / int_x)) - int(x0 * (1.0 / int_x))
+    size_h = int(y1 * (1.0 / int_y)) - int(y0 * (1.0 / int_y))
+    return level, residual, (size_w, size_h)
+
+
+def read_sam_image(
+    reader: SlideReader, bbox_level0: tuple[int, int, int, int], long_side_px: int = 1024, *, official: bool = False
+) -> SamImage:
     """Read the tissue bounding box as SAM-MIL does.
 
     Args:
@@ -70,6 +115,8 @@ def read_sam_image(reader: SlideReader, bbox_level0: tuple[int, int, int, int], 
         bbox_level0: (x0, y0, x1, y1) level-0 union bounding box of the tissue contours (x1, y1 are the max
             contour coordinates, as in SAM-MIL).
         long_side_px: Target long side; D = 2^ceil(log2(max(x1 - x0, y1 - y0) / long_side_px)), at least 1.
+        official: Use SAM-MIL's per-axis integer downsamples (see the module docstring); the ``official``
+            membership mode sets it, so official files match the official code on every pyramid.
 
     Returns:
         The SAM image; its long side is in (long_side_px / 2, long_side_px] for boxes larger than long_side_px.
@@ -88,13 +135,18 @@ def read_sam_image(reader: SlideReader, bbox_level0: tuple[int, int, int, int], 
             f"({width0}x{height0}); check the tissue detection"
         )
     target = downsample_for_long_side(max(x1 - x0, y1 - y0), long_side_px)
-    level = sam_read_level(info.level_downsamples, target)
+    if official:
+        level, residual, (size_w, size_h) = official_geometry(
+            info.level_dimensions_wh, info.level_downsamples, (x0, y0, x1, y1), target
+        )
+    else:
+        level = sam_read_level(info.level_downsamples, target)
+        int_ds = max(int(info.level_downsamples[level]), 1)
+        residual = max(target // int_ds, 1)
+        # Region size at the read level: floor of both corners, as SAM-MIL's visWSI does.
+        size_w = x1 // int_ds - x0 // int_ds
+        size_h = y1 // int_ds - y0 // int_ds
     level_ds = info.level_downsamples[level]
-    int_ds = max(int(level_ds), 1)
-    residual = max(target // int_ds, 1)
-    # Region size at the read level: floor of both corners, as SAM-MIL's visWSI does.
-    size_w = x1 // int_ds - x0 // int_ds
-    size_h = y1 // int_ds - y0 // int_ds
     region = reader.read_region((x0, y0), level, (size_w, size_h))
     if residual > 1:
         out_w, out_h = max(size_w // residual, 1), max(size_h // residual, 1)

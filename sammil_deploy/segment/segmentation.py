@@ -28,6 +28,9 @@ class Segmentation:
         segmenter: Which segmenter produced the masks (``sam_vit_h``, ``sam_tiny``, ``fallback_kmeans`` ...).
         config: The settings that produced them (JSON-serialisable), for provenance.
         tissue_area_px: Tissue pixels on the SAM image (the denominator of area fractions).
+        profile: How the masks were computed, for reports: seconds per sub-stage and work counts (e.g. the fast
+            generator's ``encoder_passes``, ``decoder_prompts``, ``encoder_s``, ``decoder_s``,
+            ``postprocess_s``). Never saved, not part of equality.
     """
 
     bbox_xyxy: np.ndarray
@@ -36,6 +39,7 @@ class Segmentation:
     segmenter: str
     config: dict[str, Any] = field(default_factory=dict)
     tissue_area_px: int = 0
+    profile: dict[str, float | int] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         k = len(self.crops)

@@ -89,7 +89,12 @@ class SlideInfo:
 
 
 class SlideReader(abc.ABC):
-    """Read-only access to one slide. All coordinates are level-0 (x, y) pixels."""
+    """Read-only access to one slide. All coordinates are level-0 (x, y) pixels.
+
+    ``name`` says which implementation reads the pixels (recorded in feature-file provenance).
+    """
+
+    name: str = "unknown"
 
     def __enter__(self) -> SlideReader:
         return self

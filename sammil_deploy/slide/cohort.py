@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from sammil_deploy.errors import ConfigError
+from sammil_deploy.io_atomic import atomic_path
 from sammil_deploy.slide.synthetic import SyntheticSlideSpec, SyntheticTruth, write_synthetic_slide
 
 log = logging.getLogger(__name__)
@@ -136,10 +136,8 @@ def make_demo_cohort(
         log.info("wrote %s (label %d) in %.1f s", path.name, label, seconds)
         slides.append(DemoSlide(slide_id, path, label, spec, truth, seconds))
     labels_csv = out_dir / LABELS_CSV
-    tmp = labels_csv.with_name(labels_csv.name + ".partial")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(labels_csv) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["slide_id", "label"])
         writer.writerows((s.slide_id, s.label) for s in slides)
-    os.replace(tmp, labels_csv)
     return DemoCohort(out_dir=out_dir, slides=tuple(slides), labels_csv=labels_csv)

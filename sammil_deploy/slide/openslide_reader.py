@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 class OpenSlideReader(SlideReader):
     """Reader backed by openslide-python (+ openslide-bin, so no system library is needed)."""
 
+    name = "openslide"
+
     def __init__(self, path: Path, *, mpp_override: float | None = None) -> None:
         import openslide
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sammil_deploy.errors import ConfigError, SlideError
+from sammil_deploy.io_atomic import atomic_path
 
 if TYPE_CHECKING:
     from sammil_deploy.slide.synthetic_model import SlideModel
@@ -222,9 +223,12 @@ def write_synthetic_slide(
     workers = workers or min(8, os.cpu_count() or 1)
     tiles_total = sum(math.ceil(w / spec.tile_px) * math.ceil(h / spec.tile_px) for w, h in spec.level_dimensions_wh)
     counter = _Progress(tiles_total, progress)
-    tmp = path.with_name(path.name + ".partial")
     try:
-        with tifffile.TiffWriter(tmp, bigtiff=True) as tif, ThreadPoolExecutor(workers) as pool:
+        with (
+            atomic_path(path, make_parent=False) as tmp,
+            tifffile.TiffWriter(tmp, bigtiff=True) as tif,
+            ThreadPoolExecutor(workers) as pool,
+        ):
             for level, (d, (w, h)) in enumerate(zip(spec.level_downsamples, spec.level_dimensions_wh, strict=True)):
                 tif.write(
                     _encoded_tiles(model, d, (w, h), pool, 4 * workers, counter),
@@ -246,15 +250,8 @@ def write_synthetic_slide(
                         _thumbnail(model), photometric="rgb", compression="jpeg", subfiletype=1,
                         software="sammil-deploy", metadata=None,
                     )  # fmt: skip
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise SlideError(
-            f"{path}: cannot write the synthetic slide ({err}); check free space and permissions"
-        ) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    except OSError as err:  # environment faults are already OutputError; this is e.g. a tifffile failure
+        raise SlideError(f"{path}: cannot write the synthetic slide ({err})") from None
     log.debug("wrote %s (%d levels, %d tiles)", path, len(spec.level_downsamples), tiles_total)
     return _truth_of(model)
 

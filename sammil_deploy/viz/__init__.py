@@ -1,1 +1,1 @@
-"""Pictures for people: tissue/patch previews (CLAM-style mask and stitch images)."""
+"""Pictures for people: tissue/patch previews, attention heatmaps and the cohort report page (report.html)."""

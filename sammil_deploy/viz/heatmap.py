@@ -86,6 +86,38 @@ def render_heatmap(
     """
     import cv2
 
+    blended, x0y0, x1y1 = paint_patches(thumbnail, slide_wh_level0, coords_level0_xy, patch_size_level0_px,
+                                        colormap_rgb(values01), alpha=alpha)  # fmt: skip
+    grid_rgb = (60, 60, 60)
+    if len(x0y0) and min(x1y1[0] - x0y0[0]) >= 6:  # outlines only where patches are big enough to see them
+        for (ax, ay), (bx, by) in zip(x0y0, x1y1, strict=True):
+            cv2.rectangle(blended, (int(ax), int(ay)), (int(bx) - 1, int(by) - 1), grid_rgb, 1)
+    return _with_bar_and_title(blended, title, _BAR_LABELS.get(scaling, ("high", "low")), scaling)
+
+
+def paint_patches(
+    thumbnail: np.ndarray,
+    slide_wh_level0: tuple[int, int],
+    coords_level0_xy: np.ndarray,
+    patch_size_level0_px: int,
+    colours_rgb: np.ndarray,
+    *,
+    alpha: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Blend one colour per patch over a thumbnail (patch-aligned, no gaps, no double-painted rows).
+
+    Args:
+        thumbnail: (h, w, 3) uint8 RGB thumbnail of the whole slide.
+        slide_wh_level0: Level-0 (width, height) the thumbnail shows.
+        coords_level0_xy: (N, 2) int top-left corners of the patches, level-0 px.
+        patch_size_level0_px: Patch side, level-0 px.
+        colours_rgb: (N, 3) uint8 colour of each patch.
+        alpha: Opacity of the colours over the tissue.
+
+    Returns:
+        The blended (h, w, 3) uint8 image and the patches' half-open thumbnail boxes: (N, 2) top-left and
+        (N, 2) bottom-right (exclusive) int64 pixel corners.
+    """
     image = np.ascontiguousarray(thumbnail[..., :3], dtype=np.uint8)
     h, w = image.shape[:2]
     scale_xy = np.array([w / slide_wh_level0[0], h / slide_wh_level0[1]])
@@ -94,20 +126,15 @@ def render_heatmap(
     x0y0 = np.clip(np.floor(coords * scale_xy).astype(np.int64), 0, [w, h])
     x1y1 = np.clip(np.floor((coords + patch_size_level0_px) * scale_xy).astype(np.int64), 0, [w, h])
     x1y1 = np.maximum(x1y1, np.minimum(x0y0 + 1, [w, h]))
-    colours = colormap_rgb(values01)
     paint = image.copy()
     covered = np.zeros((h, w), bool)
-    for (ax, ay), (bx, by), colour in zip(x0y0, x1y1, colours, strict=True):
+    for (ax, ay), (bx, by), colour in zip(x0y0, x1y1, colours_rgb, strict=True):
         paint[ay:by, ax:bx] = colour
         covered[ay:by, ax:bx] = True
     blended = image.copy()
     mixed = (1 - alpha) * image[covered].astype(np.float32) + alpha * paint[covered].astype(np.float32)
     blended[covered] = np.round(mixed).astype(np.uint8)
-    grid_rgb = (60, 60, 60)
-    if len(coords) and min(x1y1[0] - x0y0[0]) >= 6:  # outlines only where patches are big enough to see them
-        for (ax, ay), (bx, by) in zip(x0y0, x1y1, strict=True):
-            cv2.rectangle(blended, (int(ax), int(ay)), (int(bx) - 1, int(by) - 1), grid_rgb, 1)
-    return _with_bar_and_title(blended, title, _BAR_LABELS.get(scaling, ("high", "low")), scaling)
+    return blended, x0y0, x1y1
 
 
 def _with_bar_and_title(image: np.ndarray, title: str, labels: Sequence[str], scaling: str) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -60,13 +59,6 @@ def render_preview(
 
 def write_png(path: Path, image: np.ndarray) -> Path:
     """Write an RGB uint8 image as PNG via ``path.partial`` + rename."""
-    from PIL import Image
+    from sammil_deploy.io_atomic import write_png as write_png_atomic
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_png_atomic(path, image)

@@ -1,0 +1,77 @@
+"""Overlap across slides: prepare slide k+1 in a background thread while slide k is encoded.
+
+The per-slide work of ``infer``/``extract`` splits into a *prepare* part (open the slide, tissue detection,
+patch grid, SAM-image read and segmentation) and an *encode* part (patch features, MIL head, outputs). The
+encode part keeps the reader processes and the encoder busy; the prepare part is mostly native code that
+releases the GIL (OpenSlide, OpenCV, numpy, PyTorch/ONNX Runtime for SAM), so one helper thread can run it for
+the next slide meanwhile. At most one slide is prepared ahead (bounded memory: one SAM image and mask set).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P")
+
+
+class Lookahead(Generic[P]):
+    """Prepared slides, one ahead: :meth:`take` returns slide k's and starts preparing the next one.
+
+    Args:
+        slides: The slides that will be taken, in order (skipped slides left out).
+        prepare: Does the prepare part of one slide; its exceptions are re-raised by :meth:`take`.
+        discard: Releases a prepared value that is never taken (e.g. closes its reader).
+
+    Use as a context manager; leaving it waits for a running prepare and discards what was not taken.
+    """
+
+    def __init__(self, slides: Sequence[Path], prepare: Callable[[Path], P], discard: Callable[[P], None]) -> None:
+        self._order = [Path(s) for s in slides]
+        self._prepare, self._discard = prepare, discard
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-prepare")
+        self._pending: dict[Path, Future[P]] = {}
+        self._next = 0
+
+    def __enter__(self) -> Lookahead[P]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def take(self, slide: Path) -> P:
+        """Slide ``slide``'s prepared value (prepared now if it was not ahead); starts preparing the next slide.
+
+        Raises:
+            Whatever ``prepare`` raised for this slide.
+        """
+        slide = Path(slide)
+        future = self._pending.pop(slide, None)
+        self._drop_pending()  # prepared for a slide the caller skipped after all (e.g. another worker took it)
+        if slide in self._order[self._next :]:
+            self._next = self._order.index(slide, self._next) + 1
+        self._submit_next()
+        return future.result() if future is not None else self._prepare(slide)
+
+    def _submit_next(self) -> None:
+        if self._next < len(self._order) and not self._pending:
+            ahead = self._order[self._next]
+            self._pending[ahead] = self._pool.submit(self._prepare, ahead)
+
+    def _drop_pending(self) -> None:
+        for future in self._pending.values():
+            try:
+                self._discard(future.result())
+            except Exception as err:  # noqa: BLE001  (a slide that was never taken: its failure is not reported)
+                log.debug("prepared-ahead slide dropped: %s", err)
+        self._pending.clear()
+
+    def close(self) -> None:
+        """Wait for a running prepare and discard values never taken (idempotent)."""
+        self._drop_pending()
+        self._pool.shutdown(wait=True)
