@@ -55,6 +55,31 @@ def _assert_sane_thresholds(out: Path) -> None:
         assert "logit_" in decision, decision
 
 
+def _assert_report_renders(page: Path, slide_ids: set[str], tmp_path: Path) -> None:
+    """The demo's cohort page in a real headless Chromium: every slide, sortable, no broken picture, no network."""
+    from sammil_deploy.viz.browser import HeadlessChromium, find_chromium
+
+    assert page.is_file()
+    if find_chromium() is None:  # the rest of the demo is still checked; the browser tests say why they skip
+        return
+    with HeadlessChromium(width_px=1400, height_px=1000) as browser:
+        browser.open(page, ready="document.body && document.body.dataset.ready === '1'")
+        rows = "[...document.querySelectorAll('tr.row')].map(tr => tr.dataset.id)"
+        assert set(browser.evaluate(rows)) == slide_ids
+        browser.evaluate("document.querySelectorAll('#slide-head th')[3].click()")  # sort by P(class)
+        cells = browser.evaluate("[...document.querySelectorAll('tr.row')].map(tr => tr.cells[3].textContent)")
+        ps = [float(c[:5]) for c in cells]
+        assert ps == sorted(ps, reverse=True)
+        images = browser.evaluate(
+            "Promise.all([...document.images].map(i => { i.loading = 'eager'; return i.decode().catch(() => 0); }))"
+            ".then(() => [...document.images].map(i => [i.getAttribute('src'), i.naturalWidth]))"
+        )
+        assert images
+        assert all(width > 0 for _, width in images), images
+        assert all(url.startswith("file://") for url in browser.requested_urls())
+        assert browser.screenshot(tmp_path / "demo_report.png").stat().st_size > 0
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_and_resume(tmp_path):
     from sammil_deploy.cli import app
@@ -83,6 +108,7 @@ def test_demo_end_to_end_and_resume(tmp_path):
     assert "cross-validated test AUC" in first.stdout
     assert "held-out" in first.stdout
     _assert_sane_thresholds(out)
+    _assert_report_renders(Path(metrics["cohort_reports"]["onnxruntime"]), set(metrics["held_out"]), tmp_path)
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"])  # resumes: every stage reused
     assert again.exit_code == 0, again.output
     assert all(s["status"] == "reused" for s in json.loads((out / "demo_summary.json").read_text())["stages"])
