@@ -202,7 +202,7 @@ def test_saved_features_match_extract_format_and_mil_input(parity_runs):
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_extract_and_infer_give_identical_features(parity_runs, bundle_dir, real_slide_path, tmp_path, backend):
-    """One encoding engine: `extract` on the bundle's encoder and backend writes the features `infer` saved."""
+    """One encoding engine and one framing rule: `extract` writes the features and context `infer` saved."""
     from dataclasses import replace
 
     from sammil_deploy.features.store import read_bag
@@ -219,6 +219,11 @@ def test_extract_and_infer_give_identical_features(parity_runs, bundle_dir, real
     inferred = read_bag(parity_runs[backend]["real"].paths["features"])
     np.testing.assert_array_equal(extracted.coords_level0_xy, inferred.coords_level0_xy)
     np.testing.assert_array_equal(extracted.features, inferred.features)
+    # One framing rule: the same spatial context (segments, memberships, groups) from both commands.
+    for name in ("segment_id", "segment_area_px", "membership_patch", "membership_mask", "group_ids", "group_area_px"):
+        np.testing.assert_array_equal(getattr(extracted.context, name), getattr(inferred.context, name), err_msg=name)
+    np.testing.assert_array_equal(extracted.context.group_features, inferred.context.group_features)
+    assert extracted.context.n_groups >= 2
     for bag in (extracted, inferred):
         assert bag.attrs["feature_backend"].startswith(backend)
         assert bag.attrs["slide_reader"] == "tiled-jpeg"  # CMU-1's JPEG tiles: the tile reader's

@@ -215,6 +215,10 @@ def test_killed_driver_resumes_from_what_was_written(bundle_dir, small_slides, c
     rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     statuses = {r["slide"]: r["status"] for r in json.loads(rerun.stdout)["slides"]}
-    assert sorted(Path(s).stem for s, v in statuses.items() if v == "skipped") == finished
+    skipped = {Path(s).stem for s, v in statuses.items() if v == "skipped"}
+    # Every slide on disk at the kill is reused; the worker that held a slide when its driver died may still
+    # have finished it before Ray tore it down, so the rerun may reuse that one too.
+    assert set(finished) <= skipped
+    assert set(statuses.values()) <= {"skipped", "done"}
     _same_outputs(cohort_full, out, small_slides)
     assert not [p for p in out.rglob("*") if p.name.endswith((".partial", ".lock"))]
