@@ -146,7 +146,7 @@ class MaskGenerationBench:
 
     Attributes:
         enabled: Run this component.
-        model: SAM size (random weights; ``tiny`` has its logits scaled so masks pass the thresholds).
+        model: SAM size, random weights (``tiny`` is the many-mask stand-in of :func:`bench.maskgen.many_mask_sam`).
         variants: Backends driving the fast generator (``torch``, ``ort-cpu``, ``ort-cuda``, ...).
         reference: Also time upstream ``SamAutomaticMaskGenerator`` on PyTorch, as the speed-up reference.
         long_side_px: SAM image long side (SAM-MIL: 1024).
