@@ -50,3 +50,19 @@ def test_errors_surface_on_take_and_skipped_slides_are_discarded():
         # c.svs was prepared ahead, but the caller skips it (say another worker holds its lock) and takes d.svs.
         assert ahead.take(slides[3]) == "d"
     assert discarded == ["c"]
+
+
+def test_numpy_blas_is_single_threaded_while_slides_are_prepared_ahead():
+    """OpenBLAS's fork handler kills its pool under a BLAS call in the helper thread: no pool while open."""
+    import numpy as np  # noqa: F401  (loads numpy's BLAS, so threadpoolctl sees it)
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    assert before, "numpy's BLAS is not visible to threadpoolctl"
+    with Lookahead([Path("a"), Path("b")], lambda p: p.name, lambda _v: None) as ahead:
+        assert blas_threads() == [1] * len(before)
+        assert ahead.take(Path("a")) == "a"
+    assert blas_threads() == before

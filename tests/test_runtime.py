@@ -119,6 +119,18 @@ def test_torch_and_onnxruntime_agree_on_two_dynamic_sizes(artifacts, name, sizes
             assert expected[spec.output_names[0]].shape[0] == (n if name == "patches" else 2)
 
 
+def test_onnxruntime_spinning_is_a_session_setting(artifacts):
+    """``spin=False`` (the SAM chain's sessions) reaches the session; outputs do not depend on it."""
+    _, _, path, make = artifacts["patches"]
+    inputs = make(3, seed=0)
+    with OrtBackend(path, providers="cpu") as spinning, OrtBackend(path, providers="cpu", spin=False) as quiet:
+        entry = "session.intra_op.allow_spinning"
+        assert quiet._session.get_session_options().get_session_config_entry(entry) == "0"
+        with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: ORT's default, spinning
+            spinning._session.get_session_options().get_session_config_entry(entry)
+        np.testing.assert_array_equal(quiet.infer(inputs)["features"], spinning.infer(inputs)["features"])
+
+
 def test_onnxruntime_reads_specs_from_session_and_metadata(artifacts):
     _, spec, path, _ = artifacts["mil"]
     backend = open_backend("ort", path, providers="auto", intra_op_threads=1)

@@ -142,6 +142,7 @@ def open_variant(
     cache: ExportCache,
     device: str,
     threads: int,
+    ort_spin: bool = True,
 ) -> Backend:
     """Load ``module`` as ``variant`` (exporting it first for ONNX Runtime/TensorRT).
 
@@ -155,6 +156,7 @@ def open_variant(
         cache: Where exports go.
         device: Suite device for torch variants (``cpu``, ``cuda:0``).
         threads: ONNX Runtime intra-op threads (0: its default).
+        ort_spin: ONNX Runtime's idle-thread spinning (see :class:`~sammil_deploy.runtime.OrtBackend`).
 
     Raises:
         BackendError, ExportError, MissingDependencyError: Loading or exporting failed.
@@ -176,7 +178,11 @@ def open_variant(
     if variant.backend in ORT_PROVIDERS:
         from sammil_deploy.runtime.ort_backend import trt_profile_options
 
-        options: dict[str, Any] = {"providers": ORT_PROVIDERS[variant.backend], "intra_op_threads": threads}
+        options: dict[str, Any] = {
+            "providers": ORT_PROVIDERS[variant.backend],
+            "intra_op_threads": threads,
+            "spin": ort_spin,
+        }
         if device.startswith("cuda:"):
             options["device_id"] = int(device.split(":")[1])
         if variant.backend == "ort-trt":

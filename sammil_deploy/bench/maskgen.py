@@ -287,7 +287,8 @@ def _open_pair(variant: Variant, parts: _SamParts, cfg: MaskGenerationBench, ctx
     """Encoder and point-decoder backends of ``variant`` (exported once per run for ONNX/TensorRT)."""
     encoder, decoder = parts.modules(variant.backend.startswith("torch"), ctx.device)
     enc_example, dec_example = parts.examples()
-    common = {"cache": ctx.exports, "device": ctx.device, "threads": ctx.threads}
+    # As in infer: no ORT spinning, the generator post-processes in torch between decoder calls.
+    common = {"cache": ctx.exports, "device": ctx.device, "threads": ctx.threads, "ort_spin": False}
     return [
         bk.open_variant(
             variant,

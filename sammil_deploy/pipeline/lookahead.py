@@ -5,6 +5,11 @@ patch grid, SAM-image read and segmentation) and an *encode* part (patch feature
 encode part keeps the reader processes and the encoder busy; the prepare part is mostly native code that
 releases the GIL (OpenSlide, OpenCV, numpy, PyTorch/ONNX Runtime for SAM), so one helper thread can run it for
 the next slide meanwhile. At most one slide is prepared ahead (bounded memory: one SAM image and mask set).
+
+While a Lookahead is open, numpy's BLAS runs single-threaded. OpenBLAS shuts its thread pool down in a fork
+handler; when the encode part forks its DataLoader workers while the helper thread is inside a BLAS call (the
+fallback segmenter's k-means), that call waits for the killed pool forever, spinning a core (seen on the demo).
+Single-threaded BLAS has no pool to kill; PyTorch's own threads (OpenMP) are not affected.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ class Lookahead(Generic[P]):
     def __init__(self, slides: Sequence[Path], prepare: Callable[[Path], P], discard: Callable[[P], None]) -> None:
         self._order = [Path(s) for s in slides]
         self._prepare, self._discard = prepare, discard
+        from threadpoolctl import threadpool_limits
+
+        self._blas_limits = threadpool_limits(limits=1, user_api="blas")  # see the module docstring
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-prepare")
         self._pending: dict[Path, Future[P]] = {}
         self._next = 0
@@ -75,3 +83,4 @@ class Lookahead(Generic[P]):
         """Wait for a running prepare and discard values never taken (idempotent)."""
         self._drop_pending()
         self._pool.shutdown(wait=True)
+        self._blas_limits.restore_original_limits()

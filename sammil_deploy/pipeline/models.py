@@ -141,7 +141,9 @@ def _torch_backends(bundle: Bundle, device: str, precision: str) -> tuple[Backen
     return features, mil
 
 
-def _exported(bundle: Bundle, part: str, backend: str, device: str, precision: str | None, threads: int) -> Backend:
+def _exported(
+    bundle: Bundle, part: str, backend: str, device: str, precision: str | None, threads: int, *, spin: bool = True
+) -> Backend:
     from sammil_deploy.runtime import open_backend
 
     if backend != "tensorrt" and bundle.find(part, _FORMAT[backend], precision) is None:
@@ -151,7 +153,7 @@ def _exported(bundle: Bundle, part: str, backend: str, device: str, precision: s
         providers = "cpu" if device == "cpu" else "cuda" if device.startswith("cuda") else "auto"
         device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
         return open_backend("onnxruntime", art.path, providers=providers, device_id=device_id,
-                            intra_op_threads=threads)  # fmt: skip
+                            intra_op_threads=threads, spin=spin)  # fmt: skip
     return open_backend("tensorrt", art.path, device=device if ":" in device else "cuda:0")
 
 
@@ -182,8 +184,9 @@ def _load_segmenter(models: SlideModels, bundle: Bundle, backend: str, device: s
     if enc_art is not None and dec_art is not None:
         from sammil_deploy.segment.fast_automask import FastMaskGenerator
 
-        encoder = _exported(bundle, "sam_encoder", backend, device, enc_art.precision, threads)
-        decoder = _exported(bundle, "sam_decoder", backend, device, dec_art.precision, threads)
+        # No spinning: the generator's torch post-processing runs between the decoder calls on the same cores.
+        encoder = _exported(bundle, "sam_encoder", backend, device, enc_art.precision, threads, spin=False)
+        decoder = _exported(bundle, "sam_decoder", backend, device, dec_art.precision, threads, spin=False)
         models._extra.extend([encoder, decoder])
         size_px = int(encoder.input_spec[0].shape[-1])
         model_type = _onnx_model_type(enc_art.path) if enc_art.format == "onnx" else "exported"

@@ -106,6 +106,9 @@ class OrtBackend(Backend):
             priority list.
         device_id: CUDA device for the CUDA/TensorRT providers.
         intra_op_threads: CPU threads per operator (0: ONNX Runtime's default, all cores).
+        spin: Let idle intra-op threads spin after a run (ONNX Runtime's default: fastest back-to-back runs).
+            Turn it off when the caller does CPU work of its own between runs (the SAM generator's torch
+            post-processing between decoder calls): spinning threads would take those cores.
         trt_cache_dir: Engine/timing cache folder for the TensorRT provider (default ``<model>.ort_trt_cache``).
         trt_fp16: Set the TensorRT provider's ``trt_fp16_enable`` (weak typing: lets TensorRT pick FP16 even for
             layers the graph keeps in FP32; TensorRT 10 only).
@@ -122,6 +125,7 @@ class OrtBackend(Backend):
         providers: str | Sequence[str] = "auto",
         device_id: int = 0,
         intra_op_threads: int = 0,
+        spin: bool = True,
         trt_cache_dir: Path | None = None,
         trt_fp16: bool = False,
         trt_options: Mapping[str, Any] | None = None,
@@ -135,6 +139,7 @@ class OrtBackend(Backend):
         self.requested_providers = providers
         self.device_id = device_id
         self.intra_op_threads = intra_op_threads
+        self.spin = spin
         self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir else None
         self.trt_fp16 = trt_fp16
         self.trt_options = dict(trt_options or {})
@@ -153,6 +158,8 @@ class OrtBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.intra_op_threads:
             options.intra_op_num_threads = self.intra_op_threads
+        if not self.spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         errors = _ort_errors(ort)
         try:
             # By path, so ORT resolves external-data files relative to the model (>2 GB SAM ViT-H).
