@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sammil_deploy.errors import ConfigError
-from sammil_deploy.pipeline.demo import STAGES, DemoConfig, write_recipe_toml
+from sammil_deploy.demo.run import STAGES, DemoConfig, write_recipe_toml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def test_demo_end_to_end_and_resume(tmp_path):
 
 
 def test_demo_sam_folder_claim_and_weights(tmp_path):
-    from sammil_deploy.pipeline import demo_sam
+    from sammil_deploy.demo import sam as demo_sam
     from sammil_deploy.segment.sam_model import build_sam
 
     demo_sam.claim_folder(tmp_path, "sam")

@@ -30,8 +30,8 @@ def demo_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary on stdout.")] = False,
 ) -> None:
     """Make data, extract, train SAM-MIL and AB-MIL, export ONNX, infer held-out slides, benchmark; show where."""
-    from sammil_deploy.pipeline.demo import DemoConfig, run_demo
-    from sammil_deploy.pipeline.demo_sam import NOTICE
+    from sammil_deploy.demo.run import DemoConfig, run_demo
+    from sammil_deploy.demo.sam import NOTICE
 
     options = {"benchmark": not no_benchmark, "sam": sam}
     cfg = DemoConfig.quick(**options) if quick else DemoConfig(**options)

@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     from sammil_deploy.features.bag import SpatialContext
     from sammil_deploy.patching import PatchGrid
-    from sammil_deploy.pipeline.bundle import Bundle
+    from sammil_deploy.bundle.build import Bundle
     from sammil_deploy.pipeline.infer import InferConfig, SlideResult
     from sammil_deploy.pipeline.models import SlideModels
     from sammil_deploy.segment import Segmentation
@@ -60,7 +60,7 @@ def write_outputs(
     from sammil_deploy.features.engine import resize_place
     from sammil_deploy.features.store import write_bag
     from sammil_deploy.pipeline.extract import features_path_for
-    from sammil_deploy.pipeline.geojson import patch_tiles_geojson, write_geojson
+    from sammil_deploy.viz.geojson import patch_tiles_geojson, write_geojson
     from sammil_deploy.pipeline.infer import SlideResult, config_snapshot, output_path
     from sammil_deploy.pipeline.report import write_json_atomic
     from sammil_deploy.pipeline.stages import bag_attrs

@@ -386,7 +386,7 @@ def load_bundle(root: Path, *, verify_hashes: bool = True) -> Bundle:
         )
     except (KeyError, TypeError, AttributeError) as err:
         raise ConfigError(f"{path}: malformed bundle manifest ({err!r}); {_MAKE_HINT}") from None
-    from sammil_deploy.pipeline.bundle_checks import check_consistency
+    from sammil_deploy.bundle.checks import check_consistency
 
     check_consistency(bundle)
     return bundle

@@ -1,6 +1,6 @@
 """Consistency checks of a loaded bundle: encoder ↔ MIL checkpoint ↔ exported parts ↔ TensorRT plans.
 
-Every refusal names the part, what disagrees and how to fix it (see ``pipeline.bundle``).
+Every refusal names the part, what disagrees and how to fix it (see ``bundle.build``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from sammil_deploy.errors import BackendError, CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from sammil_deploy.mil.checkpoint import MilCheckpoint
-    from sammil_deploy.pipeline.bundle import Bundle, BundleArtifact
+    from sammil_deploy.bundle.build import Bundle, BundleArtifact
 
 _MAKE_HINT = "rebuild it with `sammil-deploy make-bundle`"
 
