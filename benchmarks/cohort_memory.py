@@ -46,7 +46,7 @@ def _bundle(work: Path) -> Path:
     from sammil_deploy.mil.checkpoint import make_meta, save_checkpoint
     from sammil_deploy.mil.config import ModelConfig
     from sammil_deploy.mil.model import build_model
-    from sammil_deploy.bundle.build import make_bundle
+    from sammil_deploy.bundle import make_bundle
     from sammil_deploy.pipeline.extract import load_extract_config
 
     out = work / "bundle"
@@ -85,7 +85,7 @@ def _slides(work: Path, n: int) -> list[Path]:
 
 def measure(args: argparse.Namespace, work: Path) -> dict:
     """Run the cohort and return the per-slide samples and the summary figures."""
-    from sammil_deploy.bundle.build import load_bundle
+    from sammil_deploy.bundle import load_bundle
     from sammil_deploy.pipeline.infer import InferConfig, run_slides
 
     slides = _slides(work, args.slides)

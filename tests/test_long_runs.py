@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import write_small_slides
 
-from sammil_deploy.bundle.build import load_bundle
+from sammil_deploy.bundle import load_bundle
 from sammil_deploy.pipeline.infer import InferConfig, run_slides
 
 

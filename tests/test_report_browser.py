@@ -37,7 +37,7 @@ def infer_run(tmp_path_factory, random_resnet_weights) -> tuple[Path, list[Path]
     from sammil_deploy.mil.checkpoint import make_meta, save_checkpoint
     from sammil_deploy.mil.config import ModelConfig
     from sammil_deploy.mil.model import build_model
-    from sammil_deploy.bundle.build import make_bundle
+    from sammil_deploy.bundle import make_bundle
     from sammil_deploy.pipeline.extract import load_extract_config
     from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sammil_deploy.bundle.build import load_bundle, make_bundle
+from sammil_deploy.bundle import load_bundle, make_bundle
 from sammil_deploy.pipeline.extract import load_extract_config
 from sammil_deploy.pipeline.infer import InferConfig, run_slide
 

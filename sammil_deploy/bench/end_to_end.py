@@ -22,7 +22,7 @@ from sammil_deploy.bench.suites import EndToEndBench, Variant, reference_first
 from sammil_deploy.bench.timing import time_interleaved
 
 if TYPE_CHECKING:
-    from sammil_deploy.bundle.build import Bundle
+    from sammil_deploy.bundle import Bundle
 
 COMPONENT = "end_to_end"
 # ``infer`` backends per benchmark variant (ONNX Runtime picks CUDA on a CUDA device, the CPU otherwise).
@@ -32,7 +32,7 @@ MAX_INSTANCES = 200_000  # TensorRT profile maximum of the MIL head's bag size
 
 def build_bundle(ctx: BenchContext, variants: tuple[Variant, ...], batch_size: int) -> Bundle:
     """A bundle of the run's random encoder and MIL head with the exports ``variants`` need (fallback segmenter)."""
-    from sammil_deploy.bundle.build import make_bundle
+    from sammil_deploy.bundle import make_bundle
     from sammil_deploy.pipeline.extract import load_extract_config
 
     export_dir = ctx.work_dir / "end_to_end" / "export"

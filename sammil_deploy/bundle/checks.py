@@ -1,19 +1,18 @@
 """Consistency checks of a loaded bundle: encoder ↔ MIL checkpoint ↔ exported parts ↔ TensorRT plans.
 
-Every refusal names the part, what disagrees and how to fix it (see ``bundle.build``).
+Every refusal names the part, what disagrees and how to fix it (see ``bundle.manifest``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sammil_deploy.bundle.manifest import MAKE_HINT
 from sammil_deploy.errors import BackendError, CheckpointError, ConfigError
 
 if TYPE_CHECKING:
+    from sammil_deploy.bundle.manifest import Bundle, BundleArtifact
     from sammil_deploy.mil.checkpoint import MilCheckpoint
-    from sammil_deploy.bundle.build import Bundle, BundleArtifact
-
-_MAKE_HINT = "rebuild it with `sammil-deploy make-bundle`"
 
 
 def check_consistency(bundle: Bundle) -> None:
@@ -23,7 +22,7 @@ def check_consistency(bundle: Bundle) -> None:
 
     enc, where = bundle.encoder, bundle.root
     if enc.get("interpolation") != (bundle.preprocess.features.interpolation or enc.get("interpolation")):
-        raise ConfigError(f"{where}: encoder interpolation disagrees with the preprocessing config; {_MAKE_HINT}")
+        raise ConfigError(f"{where}: encoder interpolation disagrees with the preprocessing config; {MAKE_HINT}")
     ckpt = load_checkpoint(bundle.checkpoint_path)
     ckpt.check_feature_dim(int(enc["dim"]), source=f"the bundle's {enc['name']} encoder")
     extractor = ckpt.meta.feature_extractor
@@ -33,9 +32,7 @@ def check_consistency(bundle: Bundle) -> None:
             f"{enc['name']}; bundle the encoder the training features came from"
         )
     if tuple(ckpt.meta.class_names) != bundle.class_names or ckpt.meta.decision_threshold != bundle.decision_threshold:
-        raise CheckpointError(
-            f"{where}: bundle.json and the MIL checkpoint disagree on classes/threshold; {_MAKE_HINT}"
-        )
+        raise CheckpointError(f"{where}: bundle.json and the MIL checkpoint disagree on classes/threshold; {MAKE_HINT}")
     ckpt_sha = bundle.manifest["files"][bundle.manifest["mil"]["checkpoint"]]
     sam = bundle.preprocess.segment.sam_checkpoint
     sam_sha = bundle.manifest["files"].get(f"sam/{sam.name}") if sam is not None else None

@@ -59,7 +59,7 @@ def infer_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary on stdout.")] = False,
 ) -> None:
     """Classify slides end to end; write reports/, heatmaps/, geojson/ and summary.csv (resumes finished slides)."""
-    from sammil_deploy.bundle.build import load_bundle
+    from sammil_deploy.bundle import load_bundle
     from sammil_deploy.pipeline.infer import collect_slides, load_infer_config, run_slides
     from sammil_deploy.runtime.devices import check_device
 
@@ -167,7 +167,7 @@ def make_bundle_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable description on stdout.")] = False,
 ) -> None:
     """Assemble a checked inference bundle: MIL checkpoint, encoder, SAM, exported parts, preprocessing."""
-    from sammil_deploy.bundle.build import make_bundle
+    from sammil_deploy.bundle import make_bundle
     from sammil_deploy.pipeline.extract import load_extract_config
 
     preprocess = load_extract_config(

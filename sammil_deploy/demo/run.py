@@ -327,8 +327,8 @@ def _export_and_bundle(
 ) -> None:
     from sammil_deploy.export.api import MANIFEST_NAME, export_all
     from sammil_deploy.export.config import ExportConfig
-    from sammil_deploy.bundle.build import MANIFEST_NAME as BUNDLE_MANIFEST
-    from sammil_deploy.bundle.build import make_bundle
+    from sammil_deploy.bundle import MANIFEST_NAME as BUNDLE_MANIFEST
+    from sammil_deploy.bundle import make_bundle
 
     export_dir, bundle_dir = out_dir / "export", out_dir / "bundle"
 
@@ -355,7 +355,7 @@ def _export_and_bundle(
 def _infer(
     result: DemoResult, slides: list[Path], labels: dict[str, int], out_dir: Path, cfg: DemoConfig, say: Progress
 ) -> None:
-    from sammil_deploy.bundle.build import load_bundle
+    from sammil_deploy.bundle import load_bundle
     from sammil_deploy.pipeline.infer import InferConfig, output_path, run_slides
     from sammil_deploy.viz.cohort_report import REPORT_NAME, write_cohort_report
 

@@ -45,7 +45,7 @@ class InferWorker:
     """What each Ray actor runs: the bundle and networks loaded once, then one slide per call."""
 
     def __init__(self, bundle_dir: str, cfg: InferConfig, out_dir: str, lock_stale_s: float | None = None) -> None:
-        from sammil_deploy.bundle.build import load_bundle
+        from sammil_deploy.bundle import load_bundle
         from sammil_deploy.pipeline.models import load_models
 
         self.cfg = cfg
@@ -171,7 +171,7 @@ def run_slides_ray(
             if started:
                 ray.shutdown()
     summary: BatchSummary[SlideResult] = BatchSummary([records[p] for p in paths])
-    from sammil_deploy.bundle.build import load_bundle
+    from sammil_deploy.bundle import load_bundle
 
     class_names = load_bundle(bundle_dir, verify_hashes=False).class_names
     write_summary(out_dir, [record_dict(r, out_dir) for r in summary.records], class_names)

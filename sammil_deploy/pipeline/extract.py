@@ -9,18 +9,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sammil_deploy.config import apply_overrides, from_mapping, read_toml, to_dict
 from sammil_deploy.errors import ConfigError
-from sammil_deploy.features.extract import ExtractConfig
-from sammil_deploy.patching import PatchConfig
 from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord, run_batch
 from sammil_deploy.pipeline.lookahead import Lookahead
-from sammil_deploy.segment import SegmentConfig
-from sammil_deploy.tissue import TissueConfig, tissue_preset
+from sammil_deploy.preprocessing import SlideExtractConfig
+from sammil_deploy.tissue import tissue_preset
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -37,31 +35,6 @@ FEATURES_DIR = "features"
 SEGMENTS_DIR = "segments"
 
 PatchProgress = Callable[[Path, int, int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class SlideExtractConfig:
-    """Everything ``extract`` does to one slide.
-
-    Attributes:
-        tissue: Tissue segmentation (CLAM defaults).
-        patch: Patch grid (SAM-MIL: 512 px at level 0).
-        segment: Segmenter (SAM with a checkpoint, or the fallback) and patch→mask membership.
-        features: Encoder, weights, batching, device and precision.
-        mpp: Microns per level-0 pixel to use instead of the slide's metadata (or when it has none).
-        save_segmentation: Also write ``segments/<id>.npz`` (SAM image + masks).
-    """
-
-    tissue: TissueConfig = field(default_factory=TissueConfig)
-    patch: PatchConfig = field(default_factory=PatchConfig)
-    segment: SegmentConfig = field(default_factory=SegmentConfig)
-    features: ExtractConfig = field(default_factory=ExtractConfig)
-    mpp: float | None = None
-    save_segmentation: bool = True
-
-    def __post_init__(self) -> None:
-        if self.mpp is not None and self.mpp <= 0:
-            raise ConfigError(f"mpp must be > 0, got {self.mpp}")
 
 
 def load_extract_config(

@@ -26,7 +26,7 @@ from sammil_deploy.pipeline.slide_steps import finish_slide, prepare_slide
 from sammil_deploy.viz.heatmap import SCALINGS
 
 if TYPE_CHECKING:
-    from sammil_deploy.bundle.build import Bundle
+    from sammil_deploy.bundle import Bundle
     from sammil_deploy.pipeline.models import SlideModels
 
 log = logging.getLogger(__name__)

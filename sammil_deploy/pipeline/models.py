@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from segment_anything.modeling import Sam
 
-    from sammil_deploy.bundle.build import Bundle, BundleArtifact
+    from sammil_deploy.bundle import Bundle, BundleArtifact
     from sammil_deploy.runtime import Backend
     from sammil_deploy.segment.fast_automask import FastMaskGenerator
 

@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     from sammil_deploy.features.bag import SpatialContext
     from sammil_deploy.patching import PatchGrid
-    from sammil_deploy.bundle.build import Bundle
+    from sammil_deploy.bundle import Bundle
     from sammil_deploy.pipeline.infer import InferConfig, SlideResult
     from sammil_deploy.pipeline.models import SlideModels
     from sammil_deploy.segment import Segmentation
