@@ -7,8 +7,9 @@ from torchvision import transforms
 
 from sammil_deploy.errors import ConfigError
 from sammil_deploy.features.encoders import create_encoder
-from sammil_deploy.features.extract import ExtractConfig, extract_features, open_feature_backend
+from sammil_deploy.features.extract import ExtractConfig, extract_features
 from sammil_deploy.features.preprocess_ops import PatchTransform, normalize_batch
+from sammil_deploy.pipeline.feature_backend import open_feature_backend
 
 COORDS = np.array([[0, 0], [1700, 2400], [1600, 100]])
 

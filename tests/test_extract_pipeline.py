@@ -13,9 +13,10 @@ from safetensors.torch import save_file
 
 from sammil_deploy.cli import main
 from sammil_deploy.features.encoders import create_encoder
-from sammil_deploy.features.extract import ExtractConfig, extract_features, open_feature_backend
+from sammil_deploy.features.extract import ExtractConfig, extract_features
 from sammil_deploy.features.store import read_bag
 from sammil_deploy.pipeline.extract import extract_slide, load_extract_config
+from sammil_deploy.pipeline.feature_backend import open_feature_backend
 from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
 

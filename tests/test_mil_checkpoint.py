@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from sammil_deploy.errors import CheckpointError
-from sammil_deploy.mil.checkpoint import import_external_checkpoint, load_checkpoint, make_meta, save_checkpoint
+from sammil_deploy.mil.checkpoint import load_checkpoint, make_meta, save_checkpoint
 from sammil_deploy.mil.config import ModelConfig
+from sammil_deploy.mil.external import import_external_checkpoint
 from sammil_deploy.mil.model import build_model
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sammil_deploy.bench import backends as bk
+import sammil_deploy.bench.backends as bk
 from sammil_deploy.bench.context import BenchContext
 from sammil_deploy.bench.report import BenchmarkResult, failed, unavailable
 from sammil_deploy.bench.suites import ModelBench, SamEncoderBench, Variant, reference_first

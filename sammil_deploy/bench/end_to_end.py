@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sammil_deploy.bench import backends as bk
+import sammil_deploy.bench.backends as bk
 from sammil_deploy.bench.components import RUN_ERRORS, mil_network, resnet50_network
 from sammil_deploy.bench.context import BenchContext
 from sammil_deploy.bench.reading import TISSUE_PRESET

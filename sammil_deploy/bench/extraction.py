@@ -159,7 +159,8 @@ def bench_extraction(cfg: ExtractionBench, ctx: BenchContext) -> list[BenchmarkR
 
 def _our_backends(encoder: PatchEncoder, ctx: BenchContext, cfg: ExtractionBench, onnx: Path | None) -> dict:
     """``{label: loaded feature backend}``: what ``extract --backend auto`` picks here, and PyTorch."""
-    from sammil_deploy.features.extract import ExtractConfig, open_feature_backend
+    from sammil_deploy.features.extract import ExtractConfig
+    from sammil_deploy.pipeline.feature_backend import open_feature_backend
 
     common = {"device": ctx.device, "precision": cfg.precision, "intra_op_threads": ctx.threads}
     backends = {"torch": open_feature_backend(encoder, ExtractConfig(backend="torch", **common))}

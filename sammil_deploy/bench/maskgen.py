@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sammil_deploy.bench import backends as bk
+import sammil_deploy.bench.backends as bk
 from sammil_deploy.bench.components import RUN_ERRORS
 from sammil_deploy.bench.context import BenchContext
 from sammil_deploy.bench.report import BenchmarkResult, failed, unavailable

@@ -202,7 +202,8 @@ def import_checkpoint_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Convert a checkpoint trained with the official SAM-MIL code or CLAM into a sammil-deploy checkpoint."""
-    from sammil_deploy.mil.checkpoint import import_external_checkpoint, save_checkpoint
+    from sammil_deploy.mil.checkpoint import save_checkpoint
+    from sammil_deploy.mil.external import import_external_checkpoint
 
     names = tuple(c.strip() for c in class_names.split(",")) if class_names else None
     ckpt = import_external_checkpoint(

@@ -1,7 +1,8 @@
-"""``extract``'s encoder settings and its feature backend; the encoding loop is ``features.engine``'s (shared).
+"""``extract``'s encoder settings; the encoding loop is ``features.engine``'s (shared).
 
-The backend is the PyTorch module, an ONNX Runtime session on an exported ONNX file, or a TensorRT plan, all
-behind the same ``patches (B, S, S, 3) uint8 -> features (B, D)`` contract (normalisation inside the model).
+The backend that runs the encoder (``pipeline.feature_backend``) is the PyTorch module, an ONNX Runtime session
+on an exported ONNX file, or a TensorRT plan, all behind the same ``patches (B, S, S, 3) uint8 -> features
+(B, D)`` contract (normalisation inside the model).
 """
 
 from __future__ import annotations
@@ -130,64 +131,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_backend_kind(cfg: ExtractConfig, encoder: PatchEncoder, device: torch.device) -> str:
-    """``cfg.backend`` with ``auto`` decided.
-
-    ``auto``: the kind of ``model_file`` when given; else ONNX Runtime on the CPU (1.5-2x PyTorch there) when it
-    is installed, the precision is fp32 and the weights come from a file (random weights: PyTorch, no export).
-    """
-    if cfg.backend != "auto":
-        return cfg.backend
-    if cfg.model_file is not None:
-        return "tensorrt" if cfg.model_file.suffix in (".plan", ".engine") else "onnxruntime"
-    import importlib.util
-
-    exportable = encoder.weights_sha256 != "random" and cfg.precision == "fp32"
-    if device.type == "cpu" and exportable and importlib.util.find_spec("onnxruntime") is not None:
-        return "onnxruntime"
-    return "torch"
-
-
-def open_feature_backend(encoder: PatchEncoder, cfg: ExtractConfig, *, cache_dir: Path | None = None) -> Backend:
-    """The encoder behind the exported-model contract on ``cfg``'s backend and device, loaded.
-
-    Args:
-        encoder: From :func:`build_encoder` (PyTorch weights; exported to ONNX when ONNX Runtime needs it).
-        cfg: Backend, model file, device, precision, threads.
-        cache_dir: Where exported encoders are kept (default :func:`encoder_cache_dir`).
-
-    Raises:
-        ConfigError: Unavailable device or precision, or a backend that cannot run here.
-        BackendError, MissingDependencyError: The runtime or the model file cannot be loaded.
-    """
-    from sammil_deploy.export.resnet import NormalizedEncoder, resnet_spec
-    from sammil_deploy.runtime import open_backend
-
-    device = resolve_device(cfg.device)
-    kind = resolve_backend_kind(cfg, encoder, device)
-    if kind == "torch":
-        module = NormalizedEncoder(encoder).eval()
-        if device.type == "cuda":
-            module = module.to(memory_format=torch.channels_last)  # the NHWC input is channels-last already
-        spec = resnet_spec(encoder)
-        name = f"{encoder.name} ({encoder.meta.weights_source})"
-        return open_backend("torch", module, input_spec=spec.inputs, output_spec=spec.outputs, device=str(device),
-                            precision=cfg.precision, name=name)  # fmt: skip
-    if kind == "tensorrt":
-        if device.type != "cuda":
-            raise ConfigError("features.backend tensorrt needs a CUDA device; use onnxruntime or torch on the CPU")
-        return open_backend("tensorrt", cfg.model_file, device=str(device))
-    if cfg.model_file is None and cfg.precision != "fp32":
-        raise ConfigError(
-            f"precision {cfg.precision} with onnxruntime needs an exported model: run `sammil-deploy export "
-            f"--precision {cfg.precision}` and pass --model-file, or use --backend torch"
-        )
-    path = cfg.model_file or cached_encoder_onnx(encoder, cache_dir or encoder_cache_dir())
-    providers = "cuda" if device.type == "cuda" else "cpu"
-    return open_backend("onnxruntime", path, providers=providers, device_id=device.index or 0,
-                        intra_op_threads=cfg.intra_op_threads)  # fmt: skip
-
-
 def cache_root() -> Path:
     """``$SAMMIL_DEPLOY_CACHE``, else ``$XDG_CACHE_HOME`` (or ``~/.cache``) ``/sammil-deploy``."""
     import os
@@ -195,42 +138,6 @@ def cache_root() -> Path:
     if os.environ.get("SAMMIL_DEPLOY_CACHE"):
         return Path(os.environ["SAMMIL_DEPLOY_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sammil-deploy"
-
-
-def encoder_cache_dir() -> Path:
-    """Where :func:`cached_encoder_onnx` keeps exported encoders: ``<cache_root>/encoders``."""
-    return cache_root() / "encoders"
-
-
-def cached_encoder_onnx(encoder: PatchEncoder, cache_dir: Path) -> Path:
-    """The encoder exported to an FP32 ONNX file (normalisation folded in), exported once per weights.
-
-    The file is named by the SHA-256 of the weights' bytes (random weights included), so a changed weights file
-    never reuses a stale export; it is written to a temporary name and renamed, so concurrent runs are safe.
-    """
-    import hashlib
-    import os
-    import tempfile
-
-    from sammil_deploy.export.onnx_export import export_onnx
-    from sammil_deploy.export.resnet import NormalizedEncoder, random_patches, resnet_spec
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(encoder.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    spec = resnet_spec(encoder)
-    path = Path(cache_dir) / f"{encoder.name}-{digest.hexdigest()[:20]}-opset{spec.opset}.onnx"
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("exporting %s to %s (once per weights)", encoder.name, path)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        example = torch.from_numpy(random_patches(encoder.input_size_px, 2, np.random.default_rng(0))["patches"])
-        module = NormalizedEncoder(encoder).eval()
-        artifact = export_onnx(module, spec, (example,), Path(tmp) / path.name, external_data_threshold_bytes=1 << 40)
-        os.replace(artifact.path, path)
-    return path
 
 
 def extract_features(
@@ -247,7 +154,7 @@ def extract_features(
     progress: ProgressFn | None = None,
     mpp: float | None = None,
 ) -> np.ndarray:
-    """Encode every patch of one slide with ``backend`` (:func:`open_feature_backend`) via the shared engine.
+    """Encode every patch of one slide with ``backend`` (``pipeline.feature_backend``) via the shared engine.
 
     Args:
         slide_path: Slide file.

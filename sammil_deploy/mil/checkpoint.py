@@ -197,13 +197,6 @@ def load_checkpoint(path: Path, *, feature_dim: int | None = None, device: str |
     return ckpt
 
 
-def import_external_checkpoint(path: Path, **kwargs: Any) -> MilCheckpoint:
-    """Import an official SAM-MIL, its AB-MIL, or a CLAM_SB ``.pt``/``.pth``; see :mod:`.external`."""
-    from sammil_deploy.mil.external import import_external
-
-    return import_external(path, **kwargs)
-
-
 def package_versions() -> dict[str, str]:
     """Versions of the packages that shape a checkpoint."""
     import numpy

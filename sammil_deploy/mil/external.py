@@ -28,7 +28,7 @@ from sammil_deploy.mil.model import build_model
 _OFFICIAL_PREFIXES = ("online_encoder.attn_model.attention.", "online_encoder.attention.")
 
 
-def import_external(
+def import_external_checkpoint(
     path: Path,
     *,
     feature_dim: int | None = None,

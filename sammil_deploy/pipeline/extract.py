@@ -158,8 +158,9 @@ def extract_slide(
     """
     from sammil_deploy.features.bag import FeatureBag
     from sammil_deploy.features.engine import resize_method, resize_place
-    from sammil_deploy.features.extract import build_encoder, open_feature_backend
+    from sammil_deploy.features.extract import build_encoder
     from sammil_deploy.features.store import write_bag
+    from sammil_deploy.pipeline.feature_backend import open_feature_backend
     from sammil_deploy.pipeline.stages import encode_patches, spatial_context
     from sammil_deploy.segment.io import save_segmentation
 
@@ -303,7 +304,8 @@ def extract_slides(
     Raises:
         WeightsError, ConfigError: If the encoder or SAM cannot be loaded (nothing can run then).
     """
-    from sammil_deploy.features.extract import build_encoder, open_feature_backend
+    from sammil_deploy.features.extract import build_encoder
+    from sammil_deploy.pipeline.feature_backend import open_feature_backend
 
     paths = [Path(p) for p in paths]
     todo = [p for p in paths if overwrite or not features_path_for(out_dir, p).exists()]

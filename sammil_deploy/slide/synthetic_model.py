@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from sammil_deploy.slide.synthetic import SyntheticSlideSpec
+    from sammil_deploy.slide.synthetic_spec import SyntheticSlideSpec
 
 # RGB colours; pixel = background + alpha * (stroma or tumour cytoplasm) + alpha * nuclei * (nucleus colour).
 STROMA_RGB = (234, 168, 206)
