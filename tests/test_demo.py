@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sammil_deploy.errors import ConfigError
-from sammil_deploy.demo.run import STAGES, DemoConfig, write_recipe_toml
+from sammil_deploy.demo.config import STAGES, DemoConfig, write_recipe_toml
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,7 +30,7 @@ def demo_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary on stdout.")] = False,
 ) -> None:
     """Make data, extract, train SAM-MIL and AB-MIL, export ONNX, infer held-out slides, benchmark; show where."""
-    from sammil_deploy.demo.run import DemoConfig, run_demo
+    from sammil_deploy.demo import DemoConfig, run_demo
     from sammil_deploy.demo.sam import NOTICE
 
     options = {"benchmark": not no_benchmark, "sam": sam}

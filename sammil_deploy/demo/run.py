@@ -7,7 +7,7 @@ Stages (each reuses its finished output when the demo is run again on the same f
 2. ``weights``: a seeded **random** ResNet50-trunc (no weights can be downloaded here): the features carry colour
    and texture statistics only, so the numbers show the machinery working, not pathology accuracy.
 3. ``extract``: tissue, 512 px patches, spatial context (the weight-free fallback segmenter, or with ``sam`` a
-   tiny SAM with random weights: see ``demo_sam``), features, groups.
+   tiny SAM with random weights: see ``demo.sam``), features, groups.
 4. ``train``: SAM-MIL and AB-MIL with the demo recipe (``training/demo.toml``), cross-validated.
 5. ``export``: ResNet50-trunc and the SAM-MIL head (with ``sam``: the SAM encoder and point decoder too) to ONNX,
    each checked against PyTorch.
@@ -23,105 +23,28 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sammil_deploy.errors import ConfigError, ParityError
-from sammil_deploy.io_atomic import atomic_path, save_safetensors, write_json, write_text
-from sammil_deploy.demo import sam as demo_sam
+import sammil_deploy.demo.sam as demo_sam
+from sammil_deploy.demo.config import (
+    INFER_BACKENDS,
+    MODELS,
+    STAGES,
+    SUMMARY_NAME,
+    DemoConfig,
+    DemoResult,
+    Progress,
+    StageRecord,
+    write_recipe_toml,
+)
+from sammil_deploy.demo.weights import random_encoder
+from sammil_deploy.errors import ParityError
+from sammil_deploy.io_atomic import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
-STAGES = ("data", "weights", "extract", "train", "export", "bundle", "infer", "benchmark")
-MODELS = ("sammil", "abmil")
-INFER_BACKENDS = ("torch", "onnxruntime")
-SUMMARY_NAME = "demo_summary.json"
-# The values of training/demo.toml (tests check they agree): a few epochs, small head, beta lowered for small bags.
-DEMO_RECIPE = {
-    "model.embed_dim": 128,
-    "model.attn_dim": 64,
-    "sammil.objective": "paper",
-    "sammil.beta": 10.0,
-    "train.lr": 1e-3,
-    "train.epochs": 100,
-    "train.monitor": "loss",
-    "train.patience": 0,
-    "train.min_epochs": 0,
-    "train.threads": 2,
-    "data.folds": 3,
-    "data.val_fraction": 0.25,
-}
-Progress = Callable[[str, str], None]
-
-
-@dataclass(frozen=True, slots=True)
-class DemoConfig:
-    """Demo size and settings.
-
-    Attributes:
-        n_slides: Slides in the cohort (one per class is held out of training).
-        size_px: Slide width in level-0 pixels (``quick``: smaller slides, fewer patches).
-        epochs: Training epochs per fold.
-        num_workers: Patch-reader processes.
-        batch_size: Patches per encoder call.
-        threads: torch / ONNX Runtime CPU threads.
-        seed: Seed of the cohort, the random encoder and training.
-        benchmark: Run the benchmark stage.
-        sam: Segment with the demo's random tiny SAM (``demo_sam``) instead of the fallback, and export it into
-            the bundle so ``infer`` runs the SAM chain; its masks are not meaningful.
-    """
-
-    n_slides: int = 12
-    size_px: int = 9216
-    epochs: int = 100
-    num_workers: int = 2
-    batch_size: int = 16
-    threads: int = 2
-    seed: int = 0
-    benchmark: bool = True
-    sam: bool = False
-
-    def __post_init__(self) -> None:
-        if self.n_slides < 8:
-            raise ConfigError(f"demo needs >= 8 slides (2 held out, 3-fold CV on the rest), got {self.n_slides}")
-        if self.epochs < 1 or self.batch_size < 1 or self.threads < 1 or self.num_workers < 0:
-            raise ConfigError("demo: epochs, batch_size and threads must be >= 1, num_workers >= 0")
-
-    @classmethod
-    def quick(cls, **overrides: Any) -> DemoConfig:
-        """8 smaller slides and 5 epochs: about half the time."""
-        return cls(**{"n_slides": 8, "size_px": 6144, "epochs": 5, **overrides})
-
-
-@dataclass
-class StageRecord:
-    """One stage: whether it ran or reused earlier output, how long it took, and what it left where."""
-
-    name: str
-    status: str
-    seconds: float
-    artifacts: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class DemoResult:
-    """Everything the demo did and found (also written to ``<out>/demo_summary.json``)."""
-
-    out_dir: Path
-    stages: list[StageRecord] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    upstream_ran: bool = False  # once a stage runs, every later stage runs too (its inputs changed)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly view."""
-        return {
-            "out_dir": str(self.out_dir),
-            "random_encoder_weights": True,
-            "random_sam_weights": "sam" in self.metrics,
-            "stages": [vars(s) for s in self.stages],
-            "metrics": self.metrics,
-        }
+__all__ = ["INFER_BACKENDS", "MODELS", "STAGES", "SUMMARY_NAME", "DemoConfig", "DemoResult", "run_demo"]
 
 
 def _stage(
@@ -184,7 +107,7 @@ def run_demo(out_dir: Path, cfg: DemoConfig | None = None, *, progress: Progress
         "weights",
         weights.is_file(),
         say,
-        lambda: _random_encoder(weights, cfg.seed, slides[:4], extract_cfg),
+        lambda: random_encoder(weights, cfg.seed, slides[:4], extract_cfg),
         {"encoder_weights": weights},
     )
     done = all(features_path_for(extract_dir, s).is_file() for s in slides)
@@ -228,65 +151,6 @@ def _cohort(data: Path, cfg: DemoConfig) -> dict[str, Any]:
     return {"labels": labels, "train_ids": train_ids, "held_out_ids": held_out, "train_labels": train_csv}
 
 
-def _random_encoder(path: Path, seed: int, calibration_slides: list[Path], extract_cfg: Any) -> Path:
-    """Seeded random ResNet50-trunc weights (the file name says RANDOM; features are not meaningful).
-
-    Random weights keep BatchNorm's initial running statistics (mean 0, variance 1), under which activations
-    grow block after block: every feature becomes a large constant offset with little variation between
-    patches, and a MIL head trained on that saturates. Re-estimating the BatchNorm statistics on demo patches
-    (weights untouched) gives features on the scale of a trained network's.
-    """
-    import torch
-
-    from sammil_deploy.features.encoders import create_encoder
-
-    if not path.is_file():
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            encoder = create_encoder("resnet50_trunc", allow_random=True)
-        _calibrate_batchnorm(encoder, calibration_slides, extract_cfg)
-        state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
-        save_safetensors(path, state, metadata={"random_weights": "true"})  # bundles and reports say so
-    return path
-
-
-def _calibrate_batchnorm(encoder: Any, slides: list[Path], extract_cfg: Any, patches_per_slide: int = 16) -> None:
-    """Set every BatchNorm's running mean/variance to their averages over patches spread across ``slides``."""
-    import numpy as np
-    import torch
-
-    from sammil_deploy.features.preprocess_ops import PatchTransform, normalize_batch
-    from sammil_deploy.patching import make_patch_grid
-    from sammil_deploy.patching.dataset import PatchDataset
-    from sammil_deploy.slide import open_slide
-    from sammil_deploy.tissue import detect_tissue
-
-    transform = PatchTransform(encoder.input_size_px, encoder.interpolation)
-    patches = []
-    for slide in slides:
-        with open_slide(slide) as reader:
-            grid = make_patch_grid(reader.info, detect_tissue(reader, extract_cfg.tissue), extract_cfg.patch)
-        rows = np.unique(np.linspace(0, len(grid) - 1, min(patches_per_slide, len(grid))).astype(int))
-        dataset = PatchDataset(
-            slide, grid.coords_level0_xy[rows], grid.patch_size_level0_px, grid.patch_level, transform,
-            read_size_px=grid.patch_size_px,
-        )  # fmt: skip
-        patches += [dataset[i][0] for i in range(len(dataset))]
-        dataset.close()
-    batch = normalize_batch(torch.stack(patches), encoder.mean, encoder.std)
-    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over the calibration batches
-    encoder.train()
-    with torch.no_grad():
-        for chunk in batch.split(32):
-            encoder(chunk)
-    encoder.eval()
-    for norm in norms:
-        norm.momentum = 0.1
-
-
 def _train(
     result: DemoResult, model: str, features: Path, labels: Path, out: Path, cfg: DemoConfig, say: Progress
 ) -> None:
@@ -306,16 +170,6 @@ def _train(
     result.metrics[f"{model}_cv_test_auc"] = summary["mean_std"].get("auc")
 
 
-def write_recipe_toml(path: Path) -> Path:
-    """``DEMO_RECIPE`` as a recipe TOML file (one table per section)."""
-    tables: dict[str, list[str]] = {}
-    for key, value in DEMO_RECIPE.items():
-        section, name = key.split(".", 1)
-        tables.setdefault(section, []).append(f"{name} = {json.dumps(value)}")
-    text = "\n\n".join(f"[{section}]\n" + "\n".join(lines) for section, lines in tables.items()) + "\n"
-    return write_text(path, text)
-
-
 def _export_and_bundle(
     result: DemoResult,
     checkpoint: Path,
@@ -325,10 +179,10 @@ def _export_and_bundle(
     out_dir: Path,
     say: Progress,
 ) -> None:
-    from sammil_deploy.export.api import MANIFEST_NAME, export_all
-    from sammil_deploy.export.config import ExportConfig
     from sammil_deploy.bundle import MANIFEST_NAME as BUNDLE_MANIFEST
     from sammil_deploy.bundle import make_bundle
+    from sammil_deploy.export.api import MANIFEST_NAME, export_all
+    from sammil_deploy.export.config import ExportConfig
 
     export_dir, bundle_dir = out_dir / "export", out_dir / "bundle"
 

@@ -14,111 +14,52 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from sammil_deploy.features.bag import SpatialContext
-    from sammil_deploy.patching import PatchGrid
     from sammil_deploy.bundle import Bundle
-    from sammil_deploy.pipeline.infer import InferConfig, SlideResult
+    from sammil_deploy.pipeline.infer_types import InferConfig, SlideInference, SlideResult
     from sammil_deploy.pipeline.models import SlideModels
     from sammil_deploy.segment import Segmentation
-    from sammil_deploy.slide import SlideReader
 
 
 def write_outputs(
-    path: Path,
-    out_dir: Path,
-    bundle: Bundle,
-    cfg: InferConfig,
-    models: SlideModels,
-    *,
-    reader: SlideReader,
-    grid: PatchGrid,
-    features: np.ndarray,
-    context: SpatialContext,
-    segmentation: Segmentation,
-    head: dict[str, np.ndarray],
-    timer_seconds: dict[str, float],
-    start: float,
+    slide: SlideInference, out_dir: Path, bundle: Bundle, cfg: InferConfig, models: SlideModels
 ) -> SlideResult:
-    """Render and write one slide's outputs; ``timer_seconds["outputs"]`` is filled in by the caller's timer.
+    """Render and write one slide's outputs; ``slide.stage_seconds["outputs"]`` is filled in by the caller's timer.
 
     Args:
-        path: Slide file.
+        slide: The slide after the MIL head (reader, patches, features, segments, head outputs, timings).
         out_dir: Output root.
         bundle: The bundle (classes, threshold, encoder facts, preprocessing).
         cfg: Runtime config (heatmap scaling, save_features).
         models: Loaded networks (their labels go into the report).
-        reader: The open slide (for the thumbnail).
-        grid: The slide's patches.
-        features: (N, D) float32 patch features.
-        context: Segments and group tokens.
-        segmentation: The masks (count, segmenter config).
-        head: MIL backend outputs ``logits (C,)``, ``probabilities (C,)``, ``attention (N + G,)``.
-        timer_seconds: Stage timings so far (the report gets them, plus the outputs stage itself).
-        start: ``time.perf_counter()`` at the slide's start.
     """
-    from sammil_deploy.features.bag import FeatureBag
-    from sammil_deploy.features.engine import resize_place
-    from sammil_deploy.features.store import write_bag
     from sammil_deploy.pipeline.extract import features_path_for
-    from sammil_deploy.viz.geojson import patch_tiles_geojson, write_geojson
-    from sammil_deploy.pipeline.infer import SlideResult, config_snapshot, output_path
+    from sammil_deploy.pipeline.infer_types import SlideResult, config_snapshot, output_path
     from sammil_deploy.pipeline.report import write_json_atomic
-    from sammil_deploy.pipeline.stages import bag_attrs
-    from sammil_deploy.viz.heatmap import render_heatmap, scale_attention
-    from sammil_deploy.viz.preview import write_png
-    from sammil_deploy.viz.report_assets import machine_summary, write_report_assets
+    from sammil_deploy.viz.heatmap import scale_attention
+    from sammil_deploy.viz.report_assets import machine_summary
 
     outputs_start = time.perf_counter()
-    info = reader.info
-    n = len(grid)
-    attention = np.asarray(head["attention"], np.float32)
-    patch_attention = attention[:n]
-    probabilities = [float(p) for p in head["probabilities"]]
-    display = scale_attention(patch_attention, cfg.heatmap_scaling)
-    rank = scale_attention(patch_attention, "rank")
-    report = _report(path, bundle, cfg, models, info, grid, context, segmentation, head, probabilities, rank)
-    title = f"{info.slide_id}: {report['prediction']['label']} (p={max(probabilities):.3f})"
-
-    paths = {kind: output_path(out_dir, path, kind) for kind in ("heatmap", "geojson", "report")}
+    n = len(slide.grid)
+    attention = np.asarray(slide.head["attention"], np.float32)
+    display = scale_attention(attention[:n], cfg.heatmap_scaling)
+    rank = scale_attention(attention[:n], "rank")
+    report = _report(slide, bundle, cfg, models, rank)
+    paths = {kind: output_path(out_dir, slide.path, kind) for kind in ("heatmap", "geojson", "report")}
     if cfg.save_features:
-        paths["features"] = features_path_for(out_dir, path)
+        paths["features"] = features_path_for(out_dir, slide.path)
     written: list[Path] = []
     try:
         for target in paths.values():
             target.parent.mkdir(parents=True, exist_ok=True)
-        thumbnail = reader.thumbnail(cfg.heatmap_max_size_px)
-        image = render_heatmap(
-            thumbnail, info.dimensions_wh, grid.coords_level0_xy, grid.patch_size_level0_px, display,
-            title=title, scaling=cfg.heatmap_scaling,
-        )  # fmt: skip
-        written.append(write_png(paths["heatmap"], image))
-        tiles = patch_tiles_geojson(
-            grid.coords_level0_xy, grid.patch_size_level0_px, patch_attention, rank,
-            context.segment_id, context.segment_area_px, slide_id=info.slide_id,
-        )  # fmt: skip
-        written.append(write_geojson(paths["geojson"], tiles))
-        assets, asset_files = write_report_assets(
-            out_dir, reader, thumbnail, grid.coords_level0_xy, grid.patch_size_level0_px, display,
-            context.segment_id, report["attention"]["top_patches"],
-        )  # fmt: skip
-        written.extend(asset_files)
+        assets = _write_pictures(slide, out_dir, paths, report, display, rank, cfg, written)
         if cfg.save_features:
-            attrs = bag_attrs(
-                encoder_meta={**bundle.encoder, "weights_source": str(bundle.encoder_weights)},
-                interpolation=bundle.encoder["interpolation"], precision=cfg.precision,
-                extract_config=bundle.manifest["preprocess"], info=info, grid=grid,
-                segmenter_config=segmentation.config, membership=bundle.preprocess.segment.membership,
-                feature_backend=models.stage_backends.get("features", "unknown"), slide_reader=reader.name,
-                resize_place=resize_place("auto", models.features.device),
-            )  # fmt: skip
-            bag = FeatureBag(
-                slide_id=info.slide_id, coords_level0_xy=grid.coords_level0_xy, features=features,
-                patch_size_level0_px=grid.patch_size_level0_px, patch_level=grid.patch_level, context=context,
-                attrs=attrs,
-            )  # fmt: skip
-            written.append(write_bag(paths["features"], bag))
-        stage_seconds = {**timer_seconds, **sam_seconds(segmentation), "outputs": time.perf_counter() - outputs_start}
-        total = time.perf_counter() - start
+            written.append(_write_features(slide, paths["features"], bundle, cfg, models))
+        stage_seconds = {
+            **slide.stage_seconds,
+            **sam_seconds(slide.segmentation),
+            "outputs": time.perf_counter() - outputs_start,
+        }
+        total = time.perf_counter() - slide.start
         report["timings_s"] = {k: round(v, 4) for k, v in stage_seconds.items()}
         report["seconds"] = round(total, 4)
         report["patches_per_s"] = {
@@ -134,44 +75,101 @@ def write_outputs(
         for done in written:
             done.unlink(missing_ok=True)
         raise
-    return SlideResult(
-        slide_id=info.slide_id,
-        report=report,
-        paths=paths,
-        attention=attention,
-        stage_seconds=stage_seconds,
-        seconds=total,
-    )
+    return SlideResult(slide_id=slide.reader.info.slide_id, report=report, paths=paths, attention=attention,
+                       stage_seconds=stage_seconds, seconds=total)  # fmt: skip
+
+
+def _write_pictures(
+    slide: SlideInference,
+    out_dir: Path,
+    paths: dict[str, Path],
+    report: dict[str, Any],
+    display: np.ndarray,
+    rank: np.ndarray,
+    cfg: InferConfig,
+    written: list[Path],
+) -> dict[str, Any]:
+    """Heatmap PNG, GeoJSON tiles and the cohort report's pictures; returns the report's ``report_assets``.
+
+    Each file joins ``written`` as soon as it exists, so the caller can remove them all if a later write fails.
+    """
+    from sammil_deploy.viz.geojson import patch_tiles_geojson, write_geojson
+    from sammil_deploy.viz.heatmap import OUTLINE_RGB, colormap_rgb, paint_patches, render_heatmap
+    from sammil_deploy.viz.preview import write_png
+    from sammil_deploy.viz.report_assets import write_report_assets
+
+    info, grid, context = slide.reader.info, slide.grid, slide.context
+    probabilities = report["prediction"]["probabilities"].values()
+    title = f"{info.slide_id}: {report['prediction']['label']} (p={max(probabilities):.3f})"
+    thumbnail = slide.reader.thumbnail(cfg.heatmap_max_size_px)
+    painted, _, _ = paint_patches(
+        thumbnail, info.dimensions_wh, grid.coords_level0_xy, grid.patch_size_level0_px, colormap_rgb(display),
+        outline_rgb=OUTLINE_RGB,
+    )  # fmt: skip
+    image = render_heatmap(painted, title=title, scaling=cfg.heatmap_scaling)
+    written.append(write_png(paths["heatmap"], image))
+    patch_attention = np.asarray(slide.head["attention"], np.float32)[: len(grid)]
+    tiles = patch_tiles_geojson(
+        grid.coords_level0_xy, grid.patch_size_level0_px, patch_attention, rank,
+        context.segment_id, context.segment_area_px, slide_id=info.slide_id,
+    )  # fmt: skip
+    written.append(write_geojson(paths["geojson"], tiles))
+    assets, asset_files = write_report_assets(
+        out_dir, slide.reader, thumbnail, grid.coords_level0_xy, grid.patch_size_level0_px, display,
+        context.segment_id, report["attention"]["top_patches"],
+    )  # fmt: skip
+    written.extend(asset_files)
+    return assets
+
+
+def _write_features(slide: SlideInference, path: Path, bundle: Bundle, cfg: InferConfig, models: SlideModels) -> Path:
+    """The ``extract`` feature file of the slide (``save_features``): the same layout and attributes."""
+    from sammil_deploy.features.bag import FeatureBag
+    from sammil_deploy.features.engine import resize_place
+    from sammil_deploy.features.store import write_bag
+    from sammil_deploy.pipeline.stages import bag_attrs
+
+    info, grid = slide.reader.info, slide.grid
+    attrs = bag_attrs(
+        encoder_meta={**bundle.encoder, "weights_source": str(bundle.encoder_weights)},
+        interpolation=bundle.encoder["interpolation"], precision=cfg.precision,
+        extract_config=bundle.manifest["preprocess"], info=info, grid=grid,
+        segmenter_config=slide.segmentation.config, membership=bundle.preprocess.segment.membership,
+        feature_backend=models.stage_backends.get("features", "unknown"), slide_reader=slide.reader.name,
+        resize_place=resize_place("auto", models.features.device),
+    )  # fmt: skip
+    bag = FeatureBag(
+        slide_id=info.slide_id, coords_level0_xy=grid.coords_level0_xy, features=slide.features,
+        patch_size_level0_px=grid.patch_size_level0_px, patch_level=grid.patch_level, context=slide.context,
+        attrs=attrs,
+    )  # fmt: skip
+    return write_bag(path, bag)
 
 
 def _report(
-    path: Path,
-    bundle: Bundle,
-    cfg: InferConfig,
-    models: SlideModels,
-    info: Any,
-    grid: PatchGrid,
-    context: SpatialContext,
-    segmentation: Segmentation,
-    head: dict[str, np.ndarray],
-    probabilities: list[float],
-    rank: np.ndarray,
+    slide: SlideInference, bundle: Bundle, cfg: InferConfig, models: SlideModels, rank: np.ndarray
 ) -> dict[str, Any]:
+    """The report's content before the outputs are written (prediction, counts, attention, provenance)."""
     from sammil_deploy.mil.threshold import threshold_fields
     from sammil_deploy.pipeline.report import REPORT_SCHEMA_VERSION, decision_threshold, predict_label
 
+    info, grid, context, segmentation, head = (
+        slide.reader.info,
+        slide.grid,
+        slide.context,
+        slide.segmentation,
+        slide.head,
+    )
     n = len(grid)
     names = bundle.class_names
     threshold = decision_threshold(bundle.decision_threshold, cfg.threshold)
     label, index = predict_label(head["logits"], names, threshold)
     attention = np.asarray(head["attention"], np.float64)
-    top = np.argsort(-attention[:n], kind="stable")[: cfg.top_k]
-    groups = attention[n:]
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "slide": {
             "slide_id": info.slide_id,
-            "path": str(Path(path).resolve()),
+            "path": str(Path(slide.path).resolve()),
             "width_px": info.dimensions_wh[0],
             "height_px": info.dimensions_wh[1],
             "mpp": info.mpp,
@@ -181,7 +179,7 @@ def _report(
         "prediction": {
             "label": label,
             "label_index": index,
-            "probabilities": dict(zip(names, probabilities, strict=True)),
+            "probabilities": dict(zip(names, (float(p) for p in head["probabilities"]), strict=True)),
             "logits": [float(v) for v in head["logits"]],
             **threshold_fields(threshold if len(names) == 2 else None),
             "decision": threshold.describe(names) if threshold is not None and len(names) == 2 else "argmax",
@@ -199,25 +197,32 @@ def _report(
             "level": grid.patch_level,
             "read_size_px": grid.patch_size_px,
         },
-        "attention": {
-            "sum_patches": float(attention[:n].sum()),
-            "sum_group_tokens": float(groups.sum()),
-            "top_patches": [
-                {
-                    "row": int(i),
-                    "x_level0": int(grid.coords_level0_xy[i, 0]),
-                    "y_level0": int(grid.coords_level0_xy[i, 1]),
-                    "attention": float(attention[i]),
-                    "rank": float(rank[i]),
-                    "segment_id": int(context.segment_id[i]),
-                }
-                for i in top
-            ],
-        },
+        "attention": _attention_section(attention, slide, rank, cfg.top_k),
         "segmenter": segmentation.segmenter,
         "backends": {"requested": cfg.backend, **models.stage_backends},
         "bundle": bundle.describe(),
         "versions": _versions(cfg.backend),
+    }
+
+
+def _attention_section(attention: np.ndarray, slide: SlideInference, rank: np.ndarray, top_k: int) -> dict[str, Any]:
+    """Attention sums over patches and group tokens, and the ``top_k`` most-attended patches."""
+    n = len(slide.grid)
+    top = np.argsort(-attention[:n], kind="stable")[:top_k]
+    return {
+        "sum_patches": float(attention[:n].sum()),
+        "sum_group_tokens": float(attention[n:].sum()),
+        "top_patches": [
+            {
+                "row": int(i),
+                "x_level0": int(slide.grid.coords_level0_xy[i, 0]),
+                "y_level0": int(slide.grid.coords_level0_xy[i, 1]),
+                "attention": float(attention[i]),
+                "rank": float(rank[i]),
+                "segment_id": int(slide.context.segment_id[i]),
+            }
+            for i in top
+        ],
     }
 
 

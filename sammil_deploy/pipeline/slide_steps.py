@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,14 +15,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from sammil_deploy.patching import PatchGrid
     from sammil_deploy.bundle import Bundle
-    from sammil_deploy.pipeline.infer import InferConfig, SlideResult
+    from sammil_deploy.patching import PatchGrid
+    from sammil_deploy.pipeline.infer_types import InferConfig, SlideResult, StageProgress
     from sammil_deploy.pipeline.models import SlideModels
     from sammil_deploy.segment import PatchAssignment, Segmentation
     from sammil_deploy.slide import SlideReader
-
-StageProgress = Callable[[Path, str, int, int], None]
 
 
 @dataclass
@@ -119,6 +117,7 @@ def finish_slide(
         SlideError: A patch cannot be read; nothing is left in ``out_dir``.
         BackendError, InputSpecError: The backend failed.
     """
+    from sammil_deploy.pipeline.infer_types import SlideInference
     from sammil_deploy.pipeline.outputs import write_outputs
     from sammil_deploy.pipeline.stages import encode_patches, spatial_context
 
@@ -144,7 +143,6 @@ def finish_slide(
         head = models.mil.infer({"features": np.ascontiguousarray(tokens, np.float32)})
     tick("outputs")
     with timer.stage("outputs"):
-        return write_outputs(
-            path, out_dir, bundle, cfg, models, reader=reader, grid=grid, features=features, context=context,
-            segmentation=prepared.segmentation, head=head, timer_seconds=timer.seconds, start=prepared.start,
-        )  # fmt: skip
+        slide = SlideInference(path, reader, grid, features, context, prepared.segmentation, head, timer.seconds,
+                               prepared.start)  # fmt: skip
+        return write_outputs(slide, out_dir, bundle, cfg, models)

@@ -16,6 +16,8 @@ from sammil_deploy.errors import ConfigError
 
 SCALINGS = ("rank", "percentile")
 _BAR_LABELS = {"rank": ("top", "bottom"), "percentile": ("p99", "p1")}
+OUTLINE_RGB = (60, 60, 60)  # the heatmap's patch outlines
+MIN_OUTLINED_PATCH_PX = 6
 
 
 def scale_attention(attention: np.ndarray, mode: str = "rank") -> np.ndarray:
@@ -58,41 +60,20 @@ def colormap_rgb(values01: np.ndarray) -> np.ndarray:
     return cv2.applyColorMap(levels, cv2.COLORMAP_JET)[:, 0, ::-1].copy()
 
 
-def render_heatmap(
-    thumbnail: np.ndarray,
-    slide_wh_level0: tuple[int, int],
-    coords_level0_xy: np.ndarray,
-    patch_size_level0_px: int,
-    values01: np.ndarray,
-    *,
-    alpha: float = 0.5,
-    title: str = "",
-    scaling: str = "rank",
-) -> np.ndarray:
-    """Paint patch values over a thumbnail and append a colour bar.
+def render_heatmap(painted: np.ndarray, *, title: str = "", scaling: str = "rank") -> np.ndarray:
+    """A heatmap figure: the painted thumbnail, a title strip above and a colour bar right.
+
+    ``painted`` comes from :func:`paint_patches` with :func:`colormap_rgb` colours and :data:`OUTLINE_RGB` outlines.
 
     Args:
-        thumbnail: (h, w, 3) uint8 RGB thumbnail of the whole slide.
-        slide_wh_level0: Level-0 (width, height) the thumbnail shows.
-        coords_level0_xy: (N, 2) int top-left corners of the patches, level-0 px.
-        patch_size_level0_px: Patch side, level-0 px.
-        values01: (N,) display values in [0, 1] (:func:`scale_attention`).
-        alpha: Opacity of the colours over the tissue.
+        painted: (h, w, 3) uint8 RGB thumbnail with the patches painted.
         title: Text written above the image (slide id, prediction).
         scaling: Named on the colour bar (``rank`` or ``percentile``).
 
     Returns:
-        (H, W, 3) uint8 RGB image: a title strip, the thumbnail with the painted patches and a colour bar right.
+        (H, W, 3) uint8 RGB image.
     """
-    import cv2
-
-    blended, x0y0, x1y1 = paint_patches(thumbnail, slide_wh_level0, coords_level0_xy, patch_size_level0_px,
-                                        colormap_rgb(values01), alpha=alpha)  # fmt: skip
-    grid_rgb = (60, 60, 60)
-    if len(x0y0) and min(x1y1[0] - x0y0[0]) >= 6:  # outlines only where patches are big enough to see them
-        for (ax, ay), (bx, by) in zip(x0y0, x1y1, strict=True):
-            cv2.rectangle(blended, (int(ax), int(ay)), (int(bx) - 1, int(by) - 1), grid_rgb, 1)
-    return _with_bar_and_title(blended, title, _BAR_LABELS.get(scaling, ("high", "low")), scaling)
+    return _with_bar_and_title(painted, title, _BAR_LABELS.get(scaling, ("high", "low")), scaling)
 
 
 def paint_patches(
@@ -103,6 +84,7 @@ def paint_patches(
     colours_rgb: np.ndarray,
     *,
     alpha: float = 0.5,
+    outline_rgb: tuple[int, int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Blend one colour per patch over a thumbnail (patch-aligned, no gaps, no double-painted rows).
 
@@ -113,6 +95,8 @@ def paint_patches(
         patch_size_level0_px: Patch side, level-0 px.
         colours_rgb: (N, 3) uint8 colour of each patch.
         alpha: Opacity of the colours over the tissue.
+        outline_rgb: Draw each patch's outline in this colour when the (first) patch's box is at least
+            :data:`MIN_OUTLINED_PATCH_PX` wide and high in the thumbnail (big enough to see); None: no outlines.
 
     Returns:
         The blended (h, w, 3) uint8 image and the patches' half-open thumbnail boxes: (N, 2) top-left and
@@ -134,6 +118,11 @@ def paint_patches(
     blended = image.copy()
     mixed = (1 - alpha) * image[covered].astype(np.float32) + alpha * paint[covered].astype(np.float32)
     blended[covered] = np.round(mixed).astype(np.uint8)
+    if outline_rgb is not None and len(x0y0) and min(x1y1[0] - x0y0[0]) >= MIN_OUTLINED_PATCH_PX:
+        import cv2
+
+        for (ax, ay), (bx, by) in zip(x0y0, x1y1, strict=True):
+            cv2.rectangle(blended, (int(ax), int(ay)), (int(bx) - 1, int(by) - 1), outline_rgb, 1)
     return blended, x0y0, x1y1
 
 
