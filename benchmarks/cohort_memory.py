@@ -42,11 +42,11 @@ def _bundle(work: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
+    from sammil_deploy.bundle import make_bundle
     from sammil_deploy.features.encoders import create_encoder
     from sammil_deploy.mil.checkpoint import make_meta, save_checkpoint
     from sammil_deploy.mil.config import ModelConfig
     from sammil_deploy.mil.model import build_model
-    from sammil_deploy.bundle import make_bundle
     from sammil_deploy.pipeline.extract import load_extract_config
 
     out = work / "bundle"

@@ -220,10 +220,10 @@ def tiny_export(tmp_path_factory, tiny_mil_checkpoint, random_resnet_weights, re
 @pytest.fixture(scope="session")
 def random_torch_bundle(tmp_path_factory, random_resnet_weights) -> Path:
     """Bundle without exported parts (backend torch): random ResNet50-trunc, tiny 1024-d MIL head, fallback SAM."""
+    from sammil_deploy.bundle import make_bundle
     from sammil_deploy.mil.checkpoint import make_meta, save_checkpoint
     from sammil_deploy.mil.config import ModelConfig
     from sammil_deploy.mil.model import build_model
-    from sammil_deploy.bundle import make_bundle
     from sammil_deploy.pipeline.extract import load_extract_config
 
     model_cfg = ModelConfig(in_dim=1024, embed_dim=32, attn_dim=16)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sammil_deploy.errors import ConfigError
 from sammil_deploy.demo.config import STAGES, DemoConfig, write_recipe_toml
+from sammil_deploy.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from sammil_deploy.errors import BackendError, CheckpointError, ConfigError
 from sammil_deploy.bundle import load_bundle, make_bundle
+from sammil_deploy.errors import BackendError, CheckpointError, ConfigError
 from sammil_deploy.pipeline.extract import load_extract_config
 from sammil_deploy.pipeline.infer import InferConfig, output_path, run_slide, run_slides
 from sammil_deploy.pipeline.report import stable_view

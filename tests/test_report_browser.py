@@ -33,11 +33,11 @@ P_COLUMN = 3  # thumbnail, slide, decision, P(class), ...
 @pytest.fixture(scope="module")
 def infer_run(tmp_path_factory, random_resnet_weights) -> tuple[Path, list[Path]]:
     """``sammil-deploy infer`` over three small slides and a corrupt one; returns (out folder, slides)."""
+    from sammil_deploy.bundle import make_bundle
     from sammil_deploy.cli import app
     from sammil_deploy.mil.checkpoint import make_meta, save_checkpoint
     from sammil_deploy.mil.config import ModelConfig
     from sammil_deploy.mil.model import build_model
-    from sammil_deploy.bundle import make_bundle
     from sammil_deploy.pipeline.extract import load_extract_config
     from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
 
