@@ -9,6 +9,8 @@ is a module, and always to ``P`` too (its ``__init__`` runs and is consulted), s
 from __future__ import annotations
 
 import ast
+import functools
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import sammil_deploy
@@ -80,18 +82,19 @@ def _imported(module: str, node: ast.Import | ast.ImportFrom, modules: dict[str,
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module → the package modules it imports anywhere in its source."""
+@functools.cache
+def import_graph() -> dict[str, frozenset[str]]:
+    """Module → the package modules it imports anywhere in its source (read once per test session)."""
     modules = _module_names()
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 graph[name].update(t for t in _imported(name, node, modules) if t != name)
-    return graph
+    return {name: frozenset(targets) for name, targets in graph.items()}
 
 
-def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+def strongly_connected(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
     """Groups of nodes that reach each other (Tarjan, iterative), largest first; singletons left out."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
