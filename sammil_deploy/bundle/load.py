@@ -12,7 +12,7 @@ from sammil_deploy.errors import CheckpointError, ConfigError
 
 
 def load_bundle(root: Path, *, verify_hashes: bool = True) -> Bundle:
-    """Read ``bundle.json`` and check every part against the others (see the module docstring).
+    """Read ``bundle.json`` and check every part against the others (the list is in ``bundle.manifest``).
 
     Args:
         root: The bundle folder.
