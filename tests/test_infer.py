@@ -358,10 +358,10 @@ def test_cli_reports_and_skips_corrupt_slides(bundle_dir, small_slides, blank_sl
 
 
 def test_exported_backend_refuses_a_missing_artifact(bundle_dir):
-    from sammil_deploy.pipeline.models import load_models
+    from sammil_deploy.pipeline.backends import open_slide_backends
 
     with pytest.raises(BackendError, match="no resnet50 as onnx \\(fp16\\)"):
-        load_models(load_bundle(bundle_dir, verify_hashes=False), "onnxruntime", device="cpu", precision="fp16")
+        open_slide_backends(load_bundle(bundle_dir, verify_hashes=False), "onnxruntime", device="cpu", precision="fp16")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed (extra 'ray')")

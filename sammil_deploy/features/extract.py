@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from sammil_deploy.errors import ConfigError
-from sammil_deploy.features.encoders import PatchEncoder, available_encoders, create_encoder
+from sammil_deploy.features.encoders import NormalizedEncoder, PatchEncoder, available_encoders, create_encoder
 from sammil_deploy.features.preprocess_ops import INTERPOLATIONS
+from sammil_deploy.runtime.factory import BACKEND_KINDS
 
 if TYPE_CHECKING:
     from sammil_deploy.runtime import Backend
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-FEATURE_BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+FEATURE_BACKENDS = ("auto", *BACKEND_KINDS)  # auto: decided by resolve_backend_kind
 READERS = ("auto", "openslide", "tiled")
 
 ProgressFn = Callable[[int, int], None]
@@ -116,20 +117,6 @@ def build_encoder(cfg: ExtractConfig) -> PatchEncoder:
     return create_encoder(cfg.encoder, weights=cfg.weights, allow_random=cfg.allow_random, download=cfg.download)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when visible, else CPU.
-
-    Raises:
-        ConfigError: If CUDA is asked for but not available.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for but CUDA is not available; use --device cpu or auto")
-    return device
-
-
 def resolve_backend_kind(cfg: ExtractConfig, encoder: PatchEncoder, device: torch.device) -> str:
     """``cfg.backend`` with ``auto`` decided.
 
@@ -160,10 +147,11 @@ def open_feature_backend(encoder: PatchEncoder, cfg: ExtractConfig, *, cache_dir
         ConfigError: Unavailable device or precision, or a backend that cannot run here.
         BackendError, MissingDependencyError: The runtime or the model file cannot be loaded.
     """
-    from sammil_deploy.export.resnet import NormalizedEncoder, resnet_spec
+    from sammil_deploy.export.resnet import resnet_spec
     from sammil_deploy.runtime import open_backend
+    from sammil_deploy.runtime.devices import ort_device_options, resolve_device
 
-    device = resolve_device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     kind = resolve_backend_kind(cfg, encoder, device)
     if kind == "torch":
         module = NormalizedEncoder(encoder).eval()
@@ -183,9 +171,7 @@ def open_feature_backend(encoder: PatchEncoder, cfg: ExtractConfig, *, cache_dir
             f"--precision {cfg.precision}` and pass --model-file, or use --backend torch"
         )
     path = cfg.model_file or cached_encoder_onnx(encoder, cache_dir or encoder_cache_dir())
-    providers = "cuda" if device.type == "cuda" else "cpu"
-    return open_backend("onnxruntime", path, providers=providers, device_id=device.index or 0,
-                        intra_op_threads=cfg.intra_op_threads)  # fmt: skip
+    return open_backend("onnxruntime", path, **ort_device_options(str(device)), intra_op_threads=cfg.intra_op_threads)
 
 
 def cache_root() -> Path:
@@ -213,7 +199,7 @@ def cached_encoder_onnx(encoder: PatchEncoder, cache_dir: Path) -> Path:
     import tempfile
 
     from sammil_deploy.export.onnx_export import export_onnx
-    from sammil_deploy.export.resnet import NormalizedEncoder, random_patches, resnet_spec
+    from sammil_deploy.export.resnet import random_patches, resnet_spec
 
     digest = hashlib.sha256()
     for name, tensor in sorted(encoder.state_dict().items()):

@@ -26,8 +26,8 @@ from sammil_deploy.pipeline.slide_steps import finish_slide, prepare_slide
 from sammil_deploy.viz.heatmap import SCALINGS
 
 if TYPE_CHECKING:
+    from sammil_deploy.pipeline.backends import SlideBackends
     from sammil_deploy.pipeline.bundle import Bundle
-    from sammil_deploy.pipeline.models import SlideModels
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,9 @@ class InferConfig:
     threshold: str = "youden"
 
     def __post_init__(self) -> None:
-        from sammil_deploy.pipeline.models import BACKENDS
+        from sammil_deploy.runtime import check_backend_kind
 
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"infer.backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        check_backend_kind(self.backend, option="infer.backend")
         if self.precision not in ("fp32", "bf16", "fp16", "int8"):
             raise ConfigError(f"infer.precision must be fp32, bf16, fp16 or int8, got {self.precision!r}")
         for name in ("batch_size", "prefetch_batches", "heatmap_max_size_px"):
@@ -153,7 +152,7 @@ def run_slide(
     cfg: InferConfig,
     out_dir: Path,
     *,
-    models: SlideModels | None = None,
+    models: SlideBackends | None = None,
     progress: StageProgress | None = None,
 ) -> SlideResult:
     """Run the whole pipeline on one slide and write its outputs (report last, each file atomically).
@@ -163,7 +162,7 @@ def run_slide(
         bundle: From ``load_bundle``; its preprocessing is used as trained.
         cfg: Backend, device, batching, outputs.
         out_dir: Output root.
-        models: Networks loaded once for many slides (``load_models``); loaded (and closed) here when None.
+        models: Networks loaded once for many slides (``open_slide_backends``); loaded (and closed) here when None.
         progress: ``progress(slide, stage, done, total)`` at each stage start (0, 1) and per encoder batch.
 
     Returns:
@@ -173,10 +172,10 @@ def run_slide(
         SlideError, TissueError, PatchingError, SegmentationError: Bad slide; nothing is left in ``out_dir``.
         BackendError, InputSpecError: The backend failed.
     """
-    from sammil_deploy.pipeline.models import load_models
+    from sammil_deploy.pipeline.backends import open_slide_backends
 
     if models is None:
-        with load_models(bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
+        with open_slide_backends(bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
                          intra_op_threads=cfg.intra_op_threads) as own:  # fmt: skip
             return run_slide(path, bundle, cfg, out_dir, models=own, progress=progress)
     prepared = prepare_slide(path, bundle, cfg, models, progress=progress)
@@ -207,14 +206,14 @@ def run_slides(
         ConfigError: Two slides share a slide id.
         BackendError, WeightsError: The networks cannot be loaded (nothing can run then).
     """
-    from sammil_deploy.pipeline.models import load_models
+    from sammil_deploy.pipeline.backends import open_slide_backends
 
     paths = [Path(p) for p in paths]
     check_unique_ids(paths)
     todo = [p for p in paths if overwrite or not output_path(out_dir, p, "report").exists()]
     models = None
     if todo:
-        models = load_models(bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
+        models = open_slide_backends(bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
                              intra_op_threads=cfg.intra_op_threads)  # fmt: skip
     try:
         # Slide k+1 is prepared (tissue, grid, segmentation) in a helper thread while slide k is encoded.

@@ -16,9 +16,9 @@ import numpy as np
 if TYPE_CHECKING:
     from sammil_deploy.features.bag import SpatialContext
     from sammil_deploy.patching import PatchGrid
+    from sammil_deploy.pipeline.backends import SlideBackends
     from sammil_deploy.pipeline.bundle import Bundle
     from sammil_deploy.pipeline.infer import InferConfig, SlideResult
-    from sammil_deploy.pipeline.models import SlideModels
     from sammil_deploy.segment import Segmentation
     from sammil_deploy.slide import SlideReader
 
@@ -28,7 +28,7 @@ def write_outputs(
     out_dir: Path,
     bundle: Bundle,
     cfg: InferConfig,
-    models: SlideModels,
+    models: SlideBackends,
     *,
     reader: SlideReader,
     grid: PatchGrid,
@@ -148,7 +148,7 @@ def _report(
     path: Path,
     bundle: Bundle,
     cfg: InferConfig,
-    models: SlideModels,
+    models: SlideBackends,
     info: Any,
     grid: PatchGrid,
     context: SpatialContext,
