@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sammil_deploy.bench.context import BenchContext, Progress
-from sammil_deploy.bench.environment import capture_environment
 from sammil_deploy.bench.report import BenchmarkReport, BenchmarkResult, Ratio, ratio_of, with_speedups
 from sammil_deploy.bench.suites import SuiteConfig
 from sammil_deploy.config import to_dict
+from sammil_deploy.environment import capture_environment
 from sammil_deploy.errors import ConfigError
 from sammil_deploy.runtime.devices import resolve_device
 

@@ -6,12 +6,13 @@ already written for the slide are removed, so a slide has either all its outputs
 
 from __future__ import annotations
 
-import platform
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from sammil_deploy.environment import package_versions
 
 if TYPE_CHECKING:
     from sammil_deploy.features.bag import SpatialContext
@@ -217,7 +218,7 @@ def _report(
         "segmenter": segmentation.segmenter,
         "backends": {"requested": cfg.backend, **models.stage_backends},
         "bundle": bundle.describe(),
-        "versions": _versions(cfg.backend),
+        "versions": package_versions(),
     }
 
 
@@ -233,27 +234,3 @@ def sam_counts(segmentation: Segmentation) -> dict[str, int]:
     """SAM's work for this slide: encoder passes (crops) and decoder prompts (points), when SAM ran."""
     keys = {"encoder_passes": "sam_encoder_passes", "decoder_prompts": "sam_decoder_prompts"}
     return {name: int(segmentation.profile[k]) for k, name in keys.items() if k in segmentation.profile}
-
-
-def _versions(backend: str) -> dict[str, str]:
-    """Toolkit, Python and the numerical libraries that shape the numbers (plus the backend's runtime)."""
-    from importlib import metadata
-
-    import torch
-
-    from sammil_deploy import __version__
-
-    versions = {
-        "sammil_deploy": __version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-    }
-    if backend != "torch":
-        for dist in {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "tensorrt": ("tensorrt",)}[backend]:
-            try:
-                versions[backend] = metadata.version(dist)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return versions
