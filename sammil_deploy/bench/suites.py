@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from sammil_deploy.bench.timing import TimingPolicy
-from sammil_deploy.config import from_mapping, read_toml
+from sammil_deploy.config import load_config
 from sammil_deploy.errors import ConfigError
 
 
@@ -400,9 +399,7 @@ def load_suite(name_or_path: str | Path, *, only: tuple[str, ...] | None = None)
         ConfigError: Unknown suite, key or component, or an invalid value.
     """
     path = resolve_suite(name_or_path)
-    data: dict[str, Any] = dict(read_toml(path))
-    data.setdefault("name", path.stem)
-    suite = from_mapping(SuiteConfig, data)
+    suite = load_config(SuiteConfig, path, prepare=lambda data: {"name": path.stem, **data})
     if only is not None:
         suite = restrict(suite, only)
     return suite

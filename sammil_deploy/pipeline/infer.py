@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sammil_deploy.config import apply_overrides, from_mapping, read_toml, to_dict
+from sammil_deploy.config import load_config, to_dict
 from sammil_deploy.errors import ConfigError
 from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord, run_batch
 from sammil_deploy.pipeline.lookahead import Lookahead
@@ -94,10 +94,7 @@ class InferConfig:
 
 def load_infer_config(path: Path | None = None, *, overrides: Mapping[str, Any] | None = None) -> InferConfig:
     """Defaults < TOML file (top level or an ``[infer]`` table) < overrides (``None`` values skipped)."""
-    data = dict(read_toml(path)) if path is not None else {}
-    if isinstance(data.get("infer"), Mapping):
-        data = dict(data["infer"])
-    return apply_overrides(from_mapping(InferConfig, data, section="infer"), dict(overrides or {}))
+    return load_config(InferConfig, path, table="infer", section="infer", overrides=overrides)
 
 
 def output_path(out_dir: Path, slide: Path, kind: str) -> Path:
