@@ -1,8 +1,8 @@
 """The one environment probe: library versions, and the machine (CPU, memory, GPU, driver, CUDA/cuDNN, git commit).
 
-:func:`package_versions` (cheap: package metadata, nothing imported) is what checkpoints and infer outputs record;
-:func:`capture_environment` adds the machine, for benchmark reports and ``doctor``. So all of them carry the same
-version fields. Each probe is best effort: a missing library or tool gives ``None`` for its entries, never an error.
+:func:`package_versions` (cheap: package metadata, and torch for its build tag) is what checkpoints and infer
+outputs record; :func:`capture_environment` adds the machine, for benchmark reports and ``doctor``. So all of them
+carry the same version fields. Each probe is best effort: a missing library or tool gives ``None`` for its entries, never an error.
 """
 
 from __future__ import annotations
@@ -65,6 +65,10 @@ def package_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"sammil_deploy": __version__, "python": platform.python_version()}
     for field, dists in PACKAGES.items():
         versions[field] = next((v for v in map(_version, dists) if v is not None), None)
+    if versions["torch"] is not None:  # the module's version carries the build (2.14.1+cu130), the metadata may not
+        import torch
+
+        versions["torch"] = torch.__version__
     return versions
 
 
