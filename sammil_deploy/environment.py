@@ -2,7 +2,8 @@
 
 :func:`package_versions` (cheap: package metadata, and torch for its build tag) is what checkpoints and infer
 outputs record; :func:`capture_environment` adds the machine, for benchmark reports and ``doctor``. So all of them
-carry the same version fields. Each probe is best effort: a missing library or tool gives ``None`` for its entries, never an error.
+carry the same version fields. Each probe is best effort: a missing library or tool gives ``None`` for its
+entries, never an error.
 """
 
 from __future__ import annotations
