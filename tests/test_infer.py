@@ -385,8 +385,8 @@ def test_cli_backend_value_reaches_open_backend_as_given(backend, bundle_dir, sm
             "--device", "cpu", "--num-workers", "0", "--json"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     if backend == "tensorrt":
-        assert result.exit_code != 0
-        assert "backend tensorrt needs a CUDA device" in result.output
+        assert isinstance(result.exception, ConfigError)  # main() maps it to the config exit code
+        assert "backend tensorrt needs a CUDA device" in str(result.exception)
         assert opened == []
         return
     assert result.exit_code == 0, result.output
