@@ -134,7 +134,7 @@ def _torch_module(bundle: Bundle, part: str, device: str, precision: str) -> tup
             module = module.to(memory_format=torch.channels_last)  # the NHWC input is channels-last already
         spec = resnet_spec(encoder)
         name = f"{encoder.name} ({bundle.encoder_weights.name})"  # type: ignore[union-attr]
-    else:
+    elif part == "mil":
         from sammil_deploy.export.mil import mil_spec
         from sammil_deploy.mil.model import BagClassifier
 
@@ -142,6 +142,8 @@ def _torch_module(bundle: Bundle, part: str, device: str, precision: str) -> tup
         module = BagClassifier(ckpt.model).eval()
         spec = mil_spec(ckpt, bundle.manifest["files"][bundle.manifest["mil"]["checkpoint"]])
         name = f"mil ({bundle.checkpoint_path.name})"
+    else:  # SAM runs in PyTorch through segment/, not as a backend
+        raise BackendError(f"no PyTorch backend for bundle part {part!r}")
     return module, {"input_spec": spec.inputs, "output_spec": spec.outputs, "device": device,
                     "precision": precision, "name": name}  # fmt: skip
 
