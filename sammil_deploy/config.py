@@ -3,6 +3,8 @@
 Each stage defines its own frozen dataclass next to its code (``tissue.TissueConfig``, ...). This module only
 knows how to build any of them from a mapping, reject unknown keys with a "did you mean" hint, apply dotted
 overrides, and serialise them back to plain dicts (stored in HDF5 attrs, checkpoints and reports).
+:func:`load_config` is the one way a config file is read (stage configs, training recipes, export build
+profiles, benchmark suites): its errors name the file, the key and the fix.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import difflib
 import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +34,45 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
+
+
+def load_config(
+    cls: type[T],
+    path: Path | None = None,
+    *,
+    table: str | None = None,
+    table_hint: str | None = None,
+    section: str = "",
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> T:
+    """Config ``cls`` from defaults < the TOML file ``path`` < dotted ``overrides`` (``None`` values skipped).
+
+    Args:
+        cls: The frozen config dataclass.
+        path: The TOML file (``None``: defaults and overrides only).
+        table: Read this table (``[infer]``) when the file has one, else the file's top level.
+        table_hint: With ``table``: the file must have the table; this says where to see the layout.
+        section: Prefix of key names in errors (``infer`` → ``'infer.batch_size'``).
+        prepare: Edits the file's mapping before it is built (presets); called with ``{}`` when there is no file.
+        overrides: ``{"features.batch_size": 32}`` (CLI flags).
+
+    Raises:
+        ConfigError: Unreadable file, missing table, unknown key (with the closest valid names) or invalid value;
+            the message starts with the file when the problem is in it.
+    """
+    data = read_toml(path) if path is not None else {}
+    if table is not None and isinstance(data.get(table), Mapping):
+        data = dict(data[table])
+    elif table_hint is not None and path is not None:
+        raise ConfigError(f"{path}: no [{table}] table; {table_hint}")
+    try:
+        cfg = from_mapping(cls, prepare(data) if prepare is not None else data, section=section)
+    except ConfigError as err:
+        if path is None:
+            raise
+        raise ConfigError(f"{path}: {err}") from None
+    return apply_overrides(cfg, dict(overrides or {}))
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any] | None, *, section: str = "") -> T:
@@ -78,7 +119,9 @@ def apply_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
 def _replace_path(obj: Any, path: list[str], value: Any, dotted: str) -> Any:
     names = [f.name for f in dataclasses.fields(obj)]
     if path[0] not in names:
-        raise ConfigError(f"unknown config key {dotted!r}")
+        close = difflib.get_close_matches(path[0], names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys here: {', '.join(names)}"
+        raise ConfigError(f"unknown config key {dotted!r}{hint}")
     if len(path) == 1:
         return dataclasses.replace(obj, **{path[0]: value})
     child = _replace_path(getattr(obj, path[0]), path[1:], value, dotted)

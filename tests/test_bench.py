@@ -17,7 +17,6 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from sammil_deploy.bench.context import BenchContext
-from sammil_deploy.bench.environment import REQUIRED_KEYS, capture_environment, hardware_label
 from sammil_deploy.bench.report import (
     BenchmarkReport,
     BenchmarkResult,
@@ -30,6 +29,7 @@ from sammil_deploy.bench.report import (
 )
 from sammil_deploy.bench.suites import Variant, load_suite, restrict
 from sammil_deploy.bench.timing import TimingPolicy, TimingStats, items_per_s, time_callable, time_interleaved
+from sammil_deploy.environment import REQUIRED_KEYS, capture_environment, hardware_label
 from sammil_deploy.errors import ConfigError
 
 QUICK = TimingPolicy(warmup=1, iters=3, min_seconds=0.0, max_seconds=5.0, min_iters=3)

@@ -11,12 +11,13 @@ from sammil_deploy.export.onnx_export import export_fp16_variant, export_onnx
 from sammil_deploy.export.spec import check_model, read_metadata
 from sammil_deploy.export.verify import torch_runner, verify_parity
 from sammil_deploy.mil.checkpoint import load_checkpoint
+from sammil_deploy.mil.model import BagClassifier
 
 
 @pytest.fixture(scope="module")
 def external_mil(tmp_path_factory, tiny_mil_checkpoint):
     ckpt = load_checkpoint(tiny_mil_checkpoint)
-    module = mil_export.MilForExport(ckpt.model).eval()
+    module = BagClassifier(ckpt.model).eval()
     spec = mil_export.mil_spec(ckpt, "test")
     out = tmp_path_factory.mktemp("external") / "mil_head.fp32.onnx"
     artifact = export_onnx(module, spec, mil_export.example_inputs(ckpt), out, external_data_threshold_bytes=1)

@@ -161,7 +161,7 @@ def test_fp16_on_cpu_is_refused(encoder):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_cuda_without_gpu_is_refused(real_slide_path, encoder):
-    with pytest.raises(ConfigError, match="CUDA is not available"):
+    with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
         open_feature_backend(encoder, ExtractConfig(allow_random=True, device="cuda"))
 
 

@@ -102,7 +102,7 @@ def test_cli_extract_with_cuda_fails_before_reading_any_slide(monkeypatch, tmp_p
 def test_bundle_built_for_gpu_is_refused_on_the_cpu_backends_with_the_fix(tmp_path):
     from sammil_deploy.bundle import BundleArtifact
     from sammil_deploy.errors import BackendError
-    from sammil_deploy.pipeline.models import refuse_gpu_only_part
+    from sammil_deploy.pipeline.backends import refuse_gpu_only_part
 
     plan = BundleArtifact("resnet50", "tensorrt", "fp16", tmp_path / "resnet50_trunc.fp16.plan", "0" * 64)
     onnx = BundleArtifact("mil", "onnx", "fp32", tmp_path / "mil.fp32.onnx", "1" * 64)

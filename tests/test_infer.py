@@ -358,10 +358,41 @@ def test_cli_reports_and_skips_corrupt_slides(bundle_dir, small_slides, blank_sl
 
 
 def test_exported_backend_refuses_a_missing_artifact(bundle_dir):
-    from sammil_deploy.pipeline.models import load_models
+    from sammil_deploy.pipeline.backends import open_slide_backends
 
     with pytest.raises(BackendError, match="no resnet50 as onnx \\(fp16\\)"):
-        load_models(load_bundle(bundle_dir, verify_hashes=False), "onnxruntime", device="cpu", precision="fp16")
+        open_slide_backends(load_bundle(bundle_dir, verify_hashes=False), "onnxruntime", device="cpu", precision="fp16")
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "tensorrt"])
+def test_cli_backend_value_reaches_open_backend_as_given(backend, bundle_dir, small_slides, tmp_path, monkeypatch):
+    """``--backend X`` is the runtime kind every network of the run is opened with (nothing re-derives it)."""
+    import sammil_deploy.runtime as runtime
+    from sammil_deploy.cli import app
+
+    if backend == "tensorrt" and torch.cuda.is_available():
+        pytest.skip("checks the refusal without a GPU; this bundle has no TensorRT plans")
+    opened: list[str] = []
+    real_open_backend = runtime.open_backend
+
+    def recording_open_backend(kind, artifact, **options):
+        opened.append(kind)
+        return real_open_backend(kind, artifact, **options)
+
+    monkeypatch.setattr(runtime, "open_backend", recording_open_backend)
+    out = tmp_path / "out"
+    args = ["infer", str(small_slides[0]), "--bundle", str(bundle_dir), "--out", str(out), "--backend", backend,
+            "--device", "cpu", "--num-workers", "0", "--json"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    if backend == "tensorrt":
+        assert isinstance(result.exception, ConfigError)  # main() maps it to the config exit code
+        assert "backend tensorrt needs a CUDA device" in str(result.exception)
+        assert opened == []
+        return
+    assert result.exit_code == 0, result.output
+    assert opened == [backend, backend]  # the patch encoder and the MIL head (fallback segmenter: no SAM)
+    report = json.loads(output_path(out, small_slides[0], "report").read_text())
+    assert report["backends"]["requested"] == backend
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed (extra 'ray')")

@@ -16,11 +16,10 @@ import torch
 from torch import nn
 
 from sammil_deploy.errors import BackendError, ConfigError, InputSpecError, MissingDependencyError
-from sammil_deploy.export.mil import MilForExport
 from sammil_deploy.export.onnx_export import export_onnx
 from sammil_deploy.export.spec import ExportSpec
 from sammil_deploy.mil.config import ModelConfig
-from sammil_deploy.mil.model import build_model
+from sammil_deploy.mil.model import BagClassifier, build_model
 from sammil_deploy.runtime import TensorSpec, check_inputs, open_backend, read_onnx_metadata
 from sammil_deploy.runtime.artifacts import (
     PlanSidecar,
@@ -84,7 +83,7 @@ def artifacts(tmp_path_factory) -> dict[str, tuple[nn.Module, ExportSpec, Path, 
     """Both models exported once: ``{name: (module, spec, onnx path, make_inputs)}``."""
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("runtime")
-    mil = MilForExport(build_model(ModelConfig(in_dim=IN_DIM, embed_dim=32, attn_dim=16, n_classes=2))).eval()
+    mil = BagClassifier(build_model(ModelConfig(in_dim=IN_DIM, embed_dim=32, attn_dim=16, n_classes=2))).eval()
     patch_net = TinyPatchNet().eval()
     result = {}
     for name, module, spec, make in (
@@ -264,7 +263,7 @@ def test_torch_backend_rejects_bad_precision_and_missing_cuda(artifacts):
     with pytest.raises(ConfigError, match="precision must be one of"):
         TorchBackend(module, spec.inputs, spec.outputs, precision="int8")
     if not torch.cuda.is_available():
-        with pytest.raises(BackendError, match="CUDA is not available"):
+        with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
             TorchBackend(module, spec.inputs, spec.outputs, device="cuda").load()
 
 

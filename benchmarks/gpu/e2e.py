@@ -61,15 +61,15 @@ def _setup(args: argparse.Namespace, work: Path) -> tuple[Any, Path, dict[str, A
 
 
 def _run_variant(name: str, bundle: Any, slide: Path, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from sammil_deploy.pipeline.backends import open_slide_backends
     from sammil_deploy.pipeline.infer import InferConfig, run_slide
-    from sammil_deploy.pipeline.models import load_models
     from sammil_deploy.runtime import open_backend
 
     precision, compiled = VARIANTS[name]
     cfg = InferConfig(
         backend="torch", device=args.device, precision=precision, batch_size=args.batch_size, num_workers=args.workers
     )
-    models = load_models(bundle, "torch", device=args.device, precision=precision)
+    models = open_slide_backends(bundle, "torch", device=args.device, precision=precision)
     try:
         if compiled:  # the same module and specs as infer's torch backend, wrapped in torch.compile
             eager = models.features

@@ -30,12 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ORT_PROVIDERS = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}
-_ORT_EP_NAMES = {
-    "ort-cpu": "CPUExecutionProvider",
-    "ort-cuda": "CUDAExecutionProvider",
-    "ort-trt": "TensorrtExecutionProvider",
-}
 TRT_WORKSPACE_BYTES = 8 << 30
 
 
@@ -49,19 +43,22 @@ def cuda_available() -> bool:
 def unavailable_reason(variant: Variant, device: str) -> str | None:
     """Why ``variant`` cannot run on this machine with the suite's ``device``, or ``None`` if it can."""
     gpu = cuda_available()
-    if variant.backend in ("torch", "torch-compile"):
+    runtime = variant.runtime
+    if runtime.kind == "torch":
         if variant.precision == "fp16" and not device.startswith("cuda"):
             return "fp16 autocast needs a CUDA device (suite device is cpu)"
         return None
-    if variant.backend in ORT_PROVIDERS:
+    if runtime.kind == "onnxruntime":
         try:
             import onnxruntime as ort
         except ImportError:
             return "onnxruntime is not installed (pip install 'sammil-deploy[ort]')"
-        ep = _ORT_EP_NAMES[variant.backend]
+        from sammil_deploy.runtime.ort_backend import PROVIDER_ALIASES
+
+        ep = PROVIDER_ALIASES[str(runtime.ort_provider)]
         if ep not in ort.get_available_providers():
             return f"onnxruntime has no {ep} here (available: {', '.join(ort.get_available_providers())})"
-        if variant.backend != "ort-cpu" and not gpu:
+        if runtime.ort_provider != "cpu" and not gpu:
             return f"{ep} needs a CUDA GPU; none is visible"
         return None
     import importlib.util
@@ -162,34 +159,36 @@ def open_variant(
         BackendError, ExportError, MissingDependencyError: Loading or exporting failed.
     """
     from sammil_deploy.runtime import open_backend
+    from sammil_deploy.runtime.devices import cuda_index
 
-    if variant.backend in ("torch", "torch-compile"):
+    runtime = variant.runtime
+    if runtime.kind == "torch":
         return open_backend(
-            "torch",
+            runtime.kind,
             module,
             input_spec=spec.inputs,
             output_spec=spec.outputs,
             device=device,
             precision=variant.precision,
-            compile=variant.backend == "torch-compile",
+            compile=runtime.compile,
             name=name,
         )
     onnx_path = cache.onnx_path(name, module, spec, example, variant.precision)
-    if variant.backend in ORT_PROVIDERS:
+    if runtime.kind == "onnxruntime":
         from sammil_deploy.runtime.ort_backend import trt_profile_options
 
         options: dict[str, Any] = {
-            "providers": ORT_PROVIDERS[variant.backend],
+            "providers": runtime.ort_provider,
             "intra_op_threads": threads,
             "spin": ort_spin,
         }
         if device.startswith("cuda:"):
-            options["device_id"] = int(device.split(":")[1])
-        if variant.backend == "ort-trt":
+            options["device_id"] = cuda_index(device)
+        if runtime.ort_provider == "tensorrt":
             options["trt_options"] = trt_profile_options(profile_for(spec, sizes))
-        return open_backend("onnxruntime", onnx_path, **options)
+        return open_backend(runtime.kind, onnx_path, **options)
     plan = cache.plan_path(name, onnx_path, variant.precision, profile_for(spec, sizes))
-    return open_backend("tensorrt", plan, device=device if device.startswith("cuda") else "cuda")
+    return open_backend(runtime.kind, plan, device=device if device.startswith("cuda") else "cuda")
 
 
 def feed_for(backend: Backend, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -86,7 +86,7 @@ def bench_network(
             continue
         ctx.progress(f"{net.component}: loading {variant}")
         try:
-            module = device_module(ctx.device) if variant.backend.startswith("torch") else net.module
+            module = device_module(ctx.device) if variant.runtime.kind == "torch" else net.module
             loaded[variant] = bk.open_variant(
                 variant,
                 name=net.name,
@@ -222,8 +222,8 @@ def resnet50_network(ctx: BenchContext) -> Network:
     """ResNet50-trunc with folded normalisation (the run's random weights): ``(B, 224, 224, 3) uint8 -> (B, 1024)``."""
     import torch
 
-    from sammil_deploy.export.resnet import NormalizedEncoder, random_patches, resnet_spec
-    from sammil_deploy.features.encoders import create_encoder
+    from sammil_deploy.export.resnet import random_patches, resnet_spec
+    from sammil_deploy.features.encoders import NormalizedEncoder, create_encoder
 
     encoder = create_encoder("resnet50_trunc", weights=ctx.encoder_weights())
     size_px = encoder.input_size_px
@@ -242,9 +242,10 @@ def resnet50_network(ctx: BenchContext) -> Network:
 
 def mil_network(ctx: BenchContext) -> Network:
     """The AB-MIL head as SAM-MIL trains it (the run's random checkpoint: 1024 -> 512, attention 128, 2 classes)."""
-    from sammil_deploy.export.mil import MilForExport, example_inputs, mil_spec, random_bag
+    from sammil_deploy.export.mil import example_inputs, mil_spec, random_bag
     from sammil_deploy.features.encoders import file_sha256
     from sammil_deploy.mil.checkpoint import load_checkpoint
+    from sammil_deploy.mil.model import BagClassifier
 
     weights = ctx.mil_checkpoint()
     ckpt = load_checkpoint(weights)
@@ -252,7 +253,7 @@ def mil_network(ctx: BenchContext) -> Network:
     return Network(
         component="mil",
         name="mil_head",
-        module=MilForExport(ckpt.model).eval(),
+        module=BagClassifier(ckpt.model).eval(),
         spec=mil_spec(ckpt, file_sha256(weights)),
         example=example_inputs(ckpt),
         inputs=lambda n, rng: random_bag(in_dim, n, rng),

@@ -2,7 +2,7 @@
 
 The run's random ResNet50-trunc weights and random MIL checkpoint are exported (the ONNX files the model
 components already made are reused) and assembled into an inference bundle with ``make_bundle``, exactly as a
-deployment would; each backend's networks are loaded once (``load_models``) and every timed call is one whole
+deployment would; each backend's networks are loaded once (``open_slide_backends``) and every timed call is one whole
 slide, interleaved across backends. Items are the slide's patches, so patches/s compares with the reading floor
 and with the encoder alone.
 """
@@ -18,15 +18,13 @@ from sammil_deploy.bench.components import RUN_ERRORS, mil_network, resnet50_net
 from sammil_deploy.bench.context import BenchContext
 from sammil_deploy.bench.reading import TISSUE_PRESET
 from sammil_deploy.bench.report import BenchmarkResult, failed, unavailable
-from sammil_deploy.bench.suites import EndToEndBench, Variant, reference_first
+from sammil_deploy.bench.suites import BENCH_BACKENDS, EndToEndBench, Variant, reference_first
 from sammil_deploy.bench.timing import time_interleaved
 
 if TYPE_CHECKING:
     from sammil_deploy.bundle import Bundle
 
 COMPONENT = "end_to_end"
-# ``infer`` backends per benchmark variant (ONNX Runtime picks CUDA on a CUDA device, the CPU otherwise).
-INFER_BACKENDS = {"torch": "torch", "ort-cpu": "onnxruntime", "ort-cuda": "onnxruntime", "tensorrt": "tensorrt"}
 MAX_INSTANCES = 200_000  # TensorRT profile maximum of the MIL head's bag size
 
 
@@ -72,10 +70,24 @@ def _link(src: Path, folder: Path) -> None:
                 shutil.copy2(path, dst)
 
 
+def _not_an_infer_backend(variant: Variant) -> str | None:
+    """Why ``infer`` cannot run ``variant`` (it runs the runtime kinds as they are: no compile, no ORT+TensorRT)."""
+    runtime = variant.runtime
+    if runtime.compile or runtime.ort_provider == "tensorrt":
+        usable = [name for name, b in BENCH_BACKENDS.items() if not b.compile and b.ort_provider != "tensorrt"]
+        return f"infer has no {variant.backend} backend (use {', '.join(usable)})"
+    return None
+
+
+def _infer_device(variant: Variant, suite_device: str) -> str:
+    """``ort-cpu`` is onnxruntime on the CPU whatever the suite's device; the others run on the suite's device."""
+    return "cpu" if variant.runtime.ort_provider == "cpu" else suite_device
+
+
 def bench_end_to_end(cfg: EndToEndBench, ctx: BenchContext) -> list[BenchmarkResult]:
     """Time ``run_slide`` on the benchmark slide per backend variant; torch eager FP32 is the reference."""
+    from sammil_deploy.pipeline.backends import open_slide_backends
     from sammil_deploy.pipeline.infer import InferConfig, run_slide
-    from sammil_deploy.pipeline.models import load_models
 
     if cfg.torch_reference:
         variants = reference_first(cfg.variants, "end_to_end.variants")
@@ -87,8 +99,8 @@ def bench_end_to_end(cfg: EndToEndBench, ctx: BenchContext) -> list[BenchmarkRes
     runnable = []
     for variant in variants:
         reason = bk.unavailable_reason(variant, ctx.device)
-        if reason is None and variant.backend not in INFER_BACKENDS:
-            reason = f"infer has no {variant.backend} backend (use {', '.join(INFER_BACKENDS)})"
+        if reason is None:
+            reason = _not_an_infer_backend(variant)
         if reason is not None:
             rows.append(unavailable(COMPONENT, variant.backend, variant.precision, size, "patches", reason))
         else:
@@ -101,8 +113,8 @@ def bench_end_to_end(cfg: EndToEndBench, ctx: BenchContext) -> list[BenchmarkRes
     try:
         for variant in runnable:
             infer_cfg = InferConfig(
-                backend=INFER_BACKENDS[variant.backend],
-                device=ctx.device,
+                backend=variant.runtime.kind,
+                device=_infer_device(variant, ctx.device),
                 precision=variant.precision,
                 batch_size=cfg.batch_size,
                 num_workers=cfg.workers,
@@ -110,10 +122,10 @@ def bench_end_to_end(cfg: EndToEndBench, ctx: BenchContext) -> list[BenchmarkRes
             )
             out_dir = ctx.work_dir / "end_to_end" / "out" / str(variant).replace(":", "_")
             try:
-                models = load_models(
+                models = open_slide_backends(
                     bundle,
                     infer_cfg.backend,
-                    device=ctx.device,
+                    device=infer_cfg.device,
                     precision=variant.precision,
                     intra_op_threads=ctx.threads,
                 )

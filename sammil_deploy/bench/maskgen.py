@@ -285,7 +285,7 @@ def bench_mask_generation(cfg: MaskGenerationBench, ctx: BenchContext) -> list[B
 
 def _open_pair(variant: Variant, parts: _SamParts, cfg: MaskGenerationBench, ctx: BenchContext) -> list[Backend]:
     """Encoder and point-decoder backends of ``variant`` (exported once per run for ONNX/TensorRT)."""
-    encoder, decoder = parts.modules(variant.backend.startswith("torch"), ctx.device)
+    encoder, decoder = parts.modules(variant.runtime.kind == "torch", ctx.device)
     enc_example, dec_example = parts.examples()
     # As in infer: no ORT spinning, the generator post-processes in torch between decoder calls.
     common = {"cache": ctx.exports, "device": ctx.device, "threads": ctx.threads, "ort_spin": False}

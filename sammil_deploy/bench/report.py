@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sammil_deploy.bench.environment import hardware_label
 from sammil_deploy.bench.timing import TimingStats, items_per_s
+from sammil_deploy.environment import hardware_label
 from sammil_deploy.errors import ConfigError
 from sammil_deploy.io_atomic import write_text
 
@@ -365,11 +365,12 @@ def render_ratios(report: BenchmarkReport) -> Any:
 def to_markdown(report: BenchmarkReport) -> str:
     """The report as markdown: hardware and software, the results table, derived ratios, non-ok reasons."""
     env = report.environment
+    version = env.get("sammil_deploy") or env.get("sammil_deploy_version")  # reports written before the one probe
     lines = [
         f"# Benchmark `{report.suite}`",
         "",
         f"- Hardware: **{report.hardware}**, {env.get('ram_gb')} GB RAM",
-        f"- Software: sammil-deploy {env.get('sammil_deploy_version')} (git {str(env.get('git_sha'))[:10]}"
+        f"- Software: sammil-deploy {version} (git {str(env.get('git_sha'))[:10]}"
         f"{', dirty tree' if env.get('git_dirty') else ''}), Python {env.get('python')}, torch {env.get('torch')} "
         f"({env.get('torch_threads')} threads), onnxruntime {env.get('onnxruntime')} "
         f"{env.get('onnxruntime_providers')}, TensorRT {env.get('tensorrt') or 'not installed'}, "

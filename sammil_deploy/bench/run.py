@@ -15,33 +15,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sammil_deploy.bench.context import BenchContext, Progress
-from sammil_deploy.bench.environment import capture_environment
 from sammil_deploy.bench.report import BenchmarkReport, BenchmarkResult, Ratio, ratio_of, with_speedups
 from sammil_deploy.bench.suites import SuiteConfig
 from sammil_deploy.config import to_dict
+from sammil_deploy.environment import capture_environment
 from sammil_deploy.errors import ConfigError
+from sammil_deploy.runtime.devices import resolve_device
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` → ``cuda:0`` when visible, else ``cpu``; ``cuda`` → ``cuda:0``.
-
-    Raises:
-        ConfigError: A CUDA device asked for where there is none.
-    """
-    import torch
-
-    if name == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"suite device {name!r} needs a CUDA GPU and none is visible; run a CPU suite (cpu-quick) or set "
-                "device = 'auto'"
-            )
-        return name if ":" in name else "cuda:0"
-    return name
 
 
 def _runners(suite: SuiteConfig, ctx: BenchContext) -> dict[str, Callable[[], list[BenchmarkResult]]]:
@@ -85,7 +66,7 @@ def run_suite(
     """
     import torch
 
-    device = resolve_device(suite.device)
+    device = resolve_device(suite.device, option="suite device")
     if suite.slide and not Path(suite.slide).is_file():
         raise ConfigError(f"{suite.slide}: benchmark slide not found; fix 'slide' in the suite or leave it empty")
     start = time.perf_counter()

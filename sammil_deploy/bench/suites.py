@@ -18,13 +18,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from sammil_deploy.bench.timing import TimingPolicy
-from sammil_deploy.config import from_mapping, read_toml
+from sammil_deploy.config import load_config
 from sammil_deploy.errors import ConfigError
 
-BACKENDS = ("torch", "torch-compile", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
+
+@dataclass(frozen=True, slots=True)
+class BenchBackend:
+    """What a benchmark backend name means: a runtime kind plus how it is run (not a new kind).
+
+    Attributes:
+        kind: One of :data:`sammil_deploy.runtime.BACKEND_KINDS`.
+        ort_provider: ``onnxruntime``: the execution provider (``cpu``, ``cuda``, ``tensorrt``).
+        compile: ``torch``: wrapped in ``torch.compile``.
+    """
+
+    kind: str
+    ort_provider: str | None = None
+    compile: bool = False
+
+
+BENCH_BACKENDS = {
+    "torch": BenchBackend("torch"),
+    "torch-compile": BenchBackend("torch", compile=True),
+    "ort-cpu": BenchBackend("onnxruntime", ort_provider="cpu"),
+    "ort-cuda": BenchBackend("onnxruntime", ort_provider="cuda"),
+    "ort-trt": BenchBackend("onnxruntime", ort_provider="tensorrt"),
+    "tensorrt": BenchBackend("tensorrt"),
+}
+BACKENDS = tuple(BENCH_BACKENDS)
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Which precisions each backend can run: torch autocasts (bf16; fp16 on CUDA only), ONNX/TensorRT run the
 # export stage's fp32 or fp16 graphs (the graph's types set the precision).
@@ -65,6 +88,11 @@ class Variant:
                 f"it runs {', '.join(BACKEND_PRECISIONS[backend])}"
             )
         return cls(backend, precision)
+
+    @property
+    def runtime(self) -> BenchBackend:
+        """The runtime kind (and provider / compile mode) this variant runs on."""
+        return BENCH_BACKENDS[self.backend]
 
     @property
     def is_torch_eager_fp32(self) -> bool:
@@ -371,9 +399,7 @@ def load_suite(name_or_path: str | Path, *, only: tuple[str, ...] | None = None)
         ConfigError: Unknown suite, key or component, or an invalid value.
     """
     path = resolve_suite(name_or_path)
-    data: dict[str, Any] = dict(read_toml(path))
-    data.setdefault("name", path.stem)
-    suite = from_mapping(SuiteConfig, data)
+    suite = load_config(SuiteConfig, path, prepare=lambda data: {"name": path.stem, **data})
     if only is not None:
         suite = restrict(suite, only)
     return suite

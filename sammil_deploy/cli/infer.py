@@ -11,6 +11,7 @@ from rich.table import Table
 
 from sammil_deploy.cli.app import app, console, print_json
 from sammil_deploy.errors import ConfigError
+from sammil_deploy.runtime.factory import BACKEND_KINDS
 
 if TYPE_CHECKING:
     from sammil_deploy.pipeline.batch import BatchSummary
@@ -29,7 +30,7 @@ def infer_cmd(
     slides: Annotated[list[Path], typer.Argument(help="Slide files, folders of slides, or .txt/.csv slide lists.")],
     bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder (sammil-deploy make-bundle).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/infer"),
-    backend: Annotated[str | None, typer.Option(help="torch, onnxruntime or tensorrt.")] = None,
+    backend: Annotated[str | None, typer.Option(help=f"{', '.join(BACKEND_KINDS)}.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     precision: Annotated[
         str | None, typer.Option(help="torch: fp32/bf16/fp16 autocast; exported backends: artifact precision.")

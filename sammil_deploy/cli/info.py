@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -20,70 +18,21 @@ def version_cmd() -> None:
     stdout.print(f"sammil-deploy {__version__}")
 
 
-def environment_report() -> dict[str, Any]:
-    """What is installed: torch/CUDA, onnxruntime providers, TensorRT, OpenSlide (no heavy work)."""
-    report: dict[str, Any] = {"sammil_deploy": __version__}
-    for dist in (
-        "torch",
-        "torchvision",
-        "onnx",
-        "onnxruntime",
-        "onnxruntime-gpu",
-        "tensorrt",
-        "segment-anything",
-        "openslide-python",
-        "openslide-bin",
-        "h5py",
-        "numpy",
-    ):
-        try:
-            report[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            report[dist] = None
-    import torch
-
-    report["cuda_available"] = torch.cuda.is_available()
-    report["cuda_version"] = torch.version.cuda
-    report["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    if importlib.util.find_spec("onnxruntime") is not None:
-        import onnxruntime
-
-        report["onnxruntime_providers"] = onnxruntime.get_available_providers()
-        if "TensorrtExecutionProvider" in report["onnxruntime_providers"]:  # listed even when it cannot load
-            report["onnxruntime_tensorrt_library"] = _loadable("libnvinfer.so.10")
-    try:
-        import openslide
-
-        report["openslide_library"] = openslide.__library_version__
-    except ImportError as err:
-        report["openslide_library"] = f"unavailable: {err}"
-    return report
-
-
-def _loadable(library: str) -> str:
-    """``"ok"`` when the dynamic loader finds ``library``, else why not."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(library)
-    except OSError as err:
-        return f"unavailable: {err}"
-    return "ok"
-
-
 @app.command("doctor")
 def doctor_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show what is installed: torch, CUDA, onnxruntime providers, TensorRT, OpenSlide."""
-    report = environment_report()
+    from sammil_deploy.environment import PACKAGES, capture_environment
+
+    report = capture_environment()
     if as_json:
         print_json(report)
         return
     table = Table("component", "status", title="sammil-deploy doctor")
     for key, value in report.items():
-        shown = "[red]not installed[/red]" if value is None else str(value)
-        table.add_row(key, shown)
+        missing = "[red]not installed[/red]" if key in PACKAGES else "-"
+        table.add_row(key, missing if value is None else str(value))
     stdout.print(table)
 
 

@@ -10,10 +10,11 @@ from typing import Any
 
 from sammil_deploy.errors import ConfigError
 from sammil_deploy.io_atomic import write_text
+from sammil_deploy.runtime.factory import BACKEND_KINDS, GPU_ONLY_KINDS
 
 STAGES = ("data", "weights", "extract", "train", "export", "bundle", "infer", "benchmark")
 MODELS = ("sammil", "abmil")
-INFER_BACKENDS = ("torch", "onnxruntime")
+INFER_BACKENDS = tuple(k for k in BACKEND_KINDS if k not in GPU_ONLY_KINDS)  # torch, onnxruntime
 SUMMARY_NAME = "demo_summary.json"
 # The values of training/demo.toml (tests check they agree): a few epochs, small head, beta lowered for small bags.
 DEMO_RECIPE = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sammil_deploy.config import from_mapping, read_toml
+from sammil_deploy.config import load_config
 from sammil_deploy.errors import ConfigError
 from sammil_deploy.export.spec import DEFAULT_OPSET, EXTERNAL_DATA_THRESHOLD_BYTES, PRECISIONS
 
@@ -95,9 +95,6 @@ def load_export_config(path: Path | None) -> ExportConfig:
     Raises:
         ConfigError: Missing file, bad TOML, unknown keys (with a hint) or invalid values.
     """
-    if path is None:
-        return ExportConfig()
-    data = read_toml(Path(path))
-    if "export" not in data:
-        raise ConfigError(f"{path}: no [export] table; see export/h100_h200.toml for the layout")
-    return from_mapping(ExportConfig, data["export"], section="export")
+    hint = "see export/h100_h200.toml for the layout"
+    return load_config(ExportConfig, None if path is None else Path(path), table="export", table_hint=hint,
+                       section="export")  # fmt: skip

@@ -33,7 +33,8 @@ def cached_encoder_onnx(encoder: PatchEncoder, cache_dir: Path) -> Path:
     import tempfile
 
     from sammil_deploy.export.onnx_export import export_onnx
-    from sammil_deploy.export.resnet import NormalizedEncoder, random_patches, resnet_spec
+    from sammil_deploy.export.resnet import random_patches, resnet_spec
+    from sammil_deploy.features.encoders import NormalizedEncoder
 
     digest = hashlib.sha256()
     for name, tensor in sorted(encoder.state_dict().items()):

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from sammil_deploy.export.spec import DEFAULT_OPSET, ExportSpec, TensorSpec
 
@@ -21,19 +20,6 @@ if TYPE_CHECKING:
 
 INPUTS = ("features",)
 OUTPUTS = ("logits", "probabilities", "attention")
-
-
-class MilForExport(nn.Module):
-    """``features (N, D) -> (logits (C,), probabilities (C,), attention (N,))`` around a trained head."""
-
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """See the class docstring."""
-        logits, attention = self.head(features)
-        return logits, torch.softmax(logits, dim=-1), attention
 
 
 def mil_spec(ckpt: MilCheckpoint, source_sha256: str, opset: int = DEFAULT_OPSET) -> ExportSpec:

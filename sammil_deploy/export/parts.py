@@ -24,6 +24,8 @@ from sammil_deploy.export.onnx_export import export_fp16_variant, export_onnx
 from sammil_deploy.export.spec import ExportArtifact, ExportSpec, read_metadata
 from sammil_deploy.export.tensorrt import EngineArtifact
 from sammil_deploy.export.verify import ParityReport, Runner, torch_runner, verify_parity
+from sammil_deploy.features.encoders import NormalizedEncoder
+from sammil_deploy.mil.model import BagClassifier
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -187,7 +189,7 @@ def export_resnet(weights: Path | None, allow_random: bool, ctx: PartContext) ->
 
     ctx.progress("building resnet50_trunc")
     encoder = create_encoder("resnet50_trunc", weights=weights, allow_random=allow_random and weights is None)
-    module = resnet_export.NormalizedEncoder(encoder).eval()
+    module = NormalizedEncoder(encoder).eval()
     spec = resnet_export.resnet_spec(encoder, ctx.cfg.opset)
     size_px = encoder.input_size_px
     example = (torch.from_numpy(resnet_export.random_patches(size_px, 2, ctx.rng)["patches"]),)
@@ -247,7 +249,7 @@ def export_mil(checkpoint: Path, ctx: PartContext) -> PartResult:
 
     ctx.progress(f"loading MIL checkpoint {Path(checkpoint).name}")
     ckpt = load_checkpoint(checkpoint)
-    module = mil_export.MilForExport(ckpt.model).eval()
+    module = BagClassifier(ckpt.model).eval()
     spec = mil_export.mil_spec(ckpt, file_sha256(checkpoint_paths(checkpoint)[0]), ctx.cfg.opset)
     in_dim = ckpt.model_config.in_dim
     reference = torch_runner(module, spec.input_names, spec.output_names)

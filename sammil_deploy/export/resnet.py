@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from sammil_deploy.errors import ExportError
 from sammil_deploy.export.spec import DEFAULT_OPSET, ExportSpec, TensorSpec
@@ -25,24 +23,6 @@ if TYPE_CHECKING:
 
 INPUTS = ("patches",)
 OUTPUTS = ("features",)
-
-
-class NormalizedEncoder(nn.Module):
-    """``patches (B, S, S, 3) uint8 RGB -> features (B, D) float32`` = encoder(normalise(patches / 255))."""
-
-    def __init__(self, encoder: PatchEncoder) -> None:
-        super().__init__()
-        self.encoder = encoder
-        scale = torch.tensor(encoder.std, dtype=torch.float32) * 255.0
-        self.register_buffer("mean_0_255", (torch.tensor(encoder.mean) * 255.0).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("inv_std_0_255", (1.0 / scale).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """See the class docstring."""
-        # Cast first: TensorRT accepts a UINT8 network input only when it feeds a Cast directly
-        # (NVIDIA/TensorRT#3985), so the transpose runs on float32.
-        x = patches.to(torch.float32).permute(0, 3, 1, 2)
-        return self.encoder((x - self.mean_0_255) * self.inv_std_0_255)
 
 
 def resnet_spec(encoder: PatchEncoder, opset: int = DEFAULT_OPSET) -> ExportSpec:

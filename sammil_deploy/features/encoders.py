@@ -319,3 +319,25 @@ def file_sha256(path: Path, *, chunk_bytes: int = 1 << 22) -> str:
         while block := f.read(chunk_bytes):
             digest.update(block)
     return digest.hexdigest()
+
+
+class NormalizedEncoder(nn.Module):
+    """``patches (B, S, S, 3) uint8 RGB -> features (B, D) float32`` = encoder(normalise(patches / 255)).
+
+    The deployed encoder's I/O contract: PyTorch inference runs this module and the export stage exports it, so
+    every backend is fed the same raw uint8 patches and does the normalisation itself.
+    """
+
+    def __init__(self, encoder: PatchEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        scale = torch.tensor(encoder.std, dtype=torch.float32) * 255.0
+        self.register_buffer("mean_0_255", (torch.tensor(encoder.mean) * 255.0).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("inv_std_0_255", (1.0 / scale).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """See the class docstring."""
+        # Cast first: TensorRT accepts a UINT8 network input only when it feeds a Cast directly
+        # (NVIDIA/TensorRT#3985), so the transpose runs on float32.
+        x = patches.to(torch.float32).permute(0, 3, 1, 2)
+        return self.encoder((x - self.mean_0_255) * self.inv_std_0_255)

@@ -2,7 +2,7 @@
 
 Slide file → reader worker processes (one slide handle each, :class:`PatchDataset`) → uint8 NHWC patches resized
 in the workers → batches (pinned on CUDA) → a :class:`~sammil_deploy.runtime.Backend` that takes
-``patches (B, S, S, 3) uint8`` and does the normalisation itself (``export.resnet.NormalizedEncoder`` in PyTorch,
+``patches (B, S, S, 3) uint8`` and does the normalisation itself (``features.encoders.NormalizedEncoder`` in PyTorch,
 the exported ONNX file, the TensorRT plan) → ``(N, D)`` float32 features in grid order.
 
 Read order follows the slide's tiles, not the grid: patches are read row by row (the tile reader then decodes

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from sammil_deploy.errors import ConfigError
 from sammil_deploy.features.encoders import PatchEncoder, available_encoders, create_encoder
 from sammil_deploy.features.preprocess_ops import INTERPOLATIONS
+from sammil_deploy.runtime.factory import BACKEND_KINDS
 
 if TYPE_CHECKING:
     from sammil_deploy.runtime import Backend
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-FEATURE_BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+FEATURE_BACKENDS = ("auto", *BACKEND_KINDS)  # auto: decided by resolve_backend_kind
 READERS = ("auto", "openslide", "tiled")
 
 ProgressFn = Callable[[int, int], None]
@@ -115,20 +115,6 @@ class ExtractConfig:
 def build_encoder(cfg: ExtractConfig) -> PatchEncoder:
     """The encoder ``cfg`` names, with its weights (see :func:`create_encoder` for the errors)."""
     return create_encoder(cfg.encoder, weights=cfg.weights, allow_random=cfg.allow_random, download=cfg.download)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when visible, else CPU.
-
-    Raises:
-        ConfigError: If CUDA is asked for but not available.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for but CUDA is not available; use --device cpu or auto")
-    return device
 
 
 def cache_root() -> Path:

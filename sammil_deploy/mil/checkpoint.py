@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from sammil_deploy.config import to_dict
+from sammil_deploy.environment import package_versions
 from sammil_deploy.errors import CheckpointError, ConfigError
 from sammil_deploy.io_atomic import save_safetensors, write_text
 from sammil_deploy.mil.config import ModelConfig
@@ -61,7 +62,7 @@ class CheckpointMeta:
     sammil: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str | None] = field(default_factory=dict)
     source: str = "sammil-deploy"
     format_version: int = FORMAT_VERSION
 
@@ -195,21 +196,6 @@ def load_checkpoint(path: Path, *, feature_dim: int | None = None, device: str |
     if feature_dim is not None:
         ckpt.check_feature_dim(feature_dim)
     return ckpt
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape a checkpoint."""
-    import numpy
-    import safetensors
-
-    from sammil_deploy import __version__
-
-    return {
-        "sammil_deploy": __version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "safetensors": safetensors.__version__,
-    }
 
 
 def _meta_from_json(text: str, where: Path) -> CheckpointMeta:

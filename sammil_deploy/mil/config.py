@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sammil_deploy.config import apply_overrides, from_mapping, read_toml
+from sammil_deploy.config import load_config
 from sammil_deploy.errors import ConfigError
 
 MODEL_KINDS = ("attention", "mean", "max")
@@ -329,13 +329,13 @@ def load_recipe(
     Raises:
         ConfigError: On an unknown preset or key, or an invalid value or combination.
     """
-    data: dict[str, Any] = read_toml(path) if path is not None else {}
-    if preset is not None:
-        if preset not in _MODEL_PRESETS:
-            raise ConfigError(f"unknown model {preset!r}; choose from {', '.join(MODEL_PRESETS)}")
-        data = _merge(data, _MODEL_PRESETS[preset])
-    recipe = from_mapping(TrainRecipe, data)
-    return apply_overrides(recipe, dict(overrides or {}))
+    if preset is not None and preset not in _MODEL_PRESETS:
+        raise ConfigError(f"unknown model {preset!r}; choose from {', '.join(MODEL_PRESETS)}")
+
+    def with_preset(data: dict[str, Any]) -> dict[str, Any]:
+        return _merge(data, _MODEL_PRESETS[preset]) if preset is not None else data
+
+    return load_config(TrainRecipe, path, prepare=with_preset, overrides=overrides)
 
 
 def with_data_shape(recipe: TrainRecipe, *, in_dim: int, n_classes: int) -> TrainRecipe:

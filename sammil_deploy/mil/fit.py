@@ -29,6 +29,7 @@ from sammil_deploy.mil.metrics import roc_auc
 from sammil_deploy.mil.model import MilHead, build_model
 from sammil_deploy.mil.objective import bag_loss, ema_update
 from sammil_deploy.mil.threshold import Threshold, choose_threshold, threshold_fields
+from sammil_deploy.runtime.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +62,6 @@ class FitResult:
     history: list[EpochRecord]
     stopped_early: bool
     val_margins: list[np.ndarray] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; a CUDA request without CUDA raises ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = {name!r} but CUDA is not available here; use --device cpu")
-    return torch.device(name)
 
 
 @contextlib.contextmanager
@@ -130,7 +122,7 @@ def fit(
     """
     cfg = recipe.train
     _check_sets(recipe, train_ds, val_ds)
-    device = resolve_device(cfg.device)
+    device = torch.device(resolve_device(cfg.device, option="train.device"))
     with seeded(cfg):
         model = build_model(recipe.model).to(device)
         teacher = None

@@ -123,3 +123,19 @@ def build_model(cfg: ModelConfig, *, init: bool = True) -> MilHead:
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
     return model
+
+
+class BagClassifier(nn.Module):
+    """``features (N, D) -> (logits (C,), probabilities (C,), attention (N,))`` around a trained head.
+
+    The deployed MIL head's I/O contract: PyTorch inference runs this module and the export stage exports it.
+    """
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """See the class docstring."""
+        logits, attention = self.head(features)
+        return logits, torch.softmax(logits, dim=-1), attention

@@ -32,9 +32,10 @@ from sammil_deploy.mil.evaluate import (
     summarise_folds,
     write_predictions_csv,
 )
-from sammil_deploy.mil.fit import EpochRecord, resolve_device
+from sammil_deploy.mil.fit import EpochRecord
 from sammil_deploy.mil.selection import fit_fold, resolve_selection
 from sammil_deploy.mil.threshold import Threshold, choose_threshold, threshold_fields
+from sammil_deploy.runtime.devices import resolve_device
 
 Event = Callable[[str, dict[str, Any]], None]
 
@@ -150,7 +151,8 @@ class _FoldRun:
             on_epoch=lambda r: _emit(self.on_event, "epoch", fold=name, record=r),
         )
         result = fold.result
-        test = predict(result.model, test_ds, device=resolve_device(recipe.train.device), amp=recipe.train.amp)
+        device = resolve_device(recipe.train.device, option="train.device")
+        test = predict(result.model, test_ds, device=device, amp=recipe.train.amp)
         metrics = {
             "fold": name,
             "selection": fold.selection,

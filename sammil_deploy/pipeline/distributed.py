@@ -46,7 +46,7 @@ class InferWorker:
 
     def __init__(self, bundle_dir: str, cfg: InferConfig, out_dir: str, lock_stale_s: float | None = None) -> None:
         from sammil_deploy.bundle import load_bundle
-        from sammil_deploy.pipeline.models import load_models
+        from sammil_deploy.pipeline.backends import open_slide_backends
 
         self.cfg = cfg
         self.out_dir = Path(out_dir)
@@ -54,7 +54,7 @@ class InferWorker:
         self.init_error: SammilError | None = None
         try:  # kept for ready(): a constructor that raises would be retried by Ray, and its message is lost
             self.bundle = load_bundle(Path(bundle_dir))
-            self.models = load_models(self.bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
+            self.models = open_slide_backends(self.bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
                                       intra_op_threads=cfg.intra_op_threads)  # fmt: skip
         except SammilError as err:
             self.init_error = err

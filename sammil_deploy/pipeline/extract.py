@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sammil_deploy.config import apply_overrides, from_mapping, read_toml, to_dict
-from sammil_deploy.errors import ConfigError
+from sammil_deploy.config import load_config, to_dict
 from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord, run_batch
 from sammil_deploy.pipeline.lookahead import Lookahead
 from sammil_deploy.preprocessing import SlideExtractConfig
-from sammil_deploy.tissue import tissue_preset
+from sammil_deploy.tissue import with_tissue_preset
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -49,16 +48,10 @@ def load_extract_config(
     Raises:
         ConfigError: On an unreadable file, unknown key, unknown preset or invalid value.
     """
-    data = dict(read_toml(path)) if path is not None else {}
-    if isinstance(data.get("extract"), Mapping):
-        data = dict(data["extract"])
-    preset = preset or data.pop("preset", None)
-    if preset is not None:
-        tissue = data.get("tissue", {})
-        if not isinstance(tissue, Mapping):
-            raise ConfigError(f"{path}: 'tissue' must be a table")
-        data["tissue"] = {**tissue_preset(str(preset)), **tissue}
-    return apply_overrides(from_mapping(SlideExtractConfig, data), dict(overrides or {}))
+    return load_config(
+        SlideExtractConfig, path, table="extract", prepare=lambda data: with_tissue_preset(data, preset),
+        overrides=overrides,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

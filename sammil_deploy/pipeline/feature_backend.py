@@ -13,7 +13,7 @@ import torch
 
 from sammil_deploy.errors import ConfigError
 from sammil_deploy.export.encoder_cache import cached_encoder_onnx, encoder_cache_dir
-from sammil_deploy.features.extract import ExtractConfig, resolve_device
+from sammil_deploy.features.extract import ExtractConfig
 
 if TYPE_CHECKING:
     from sammil_deploy.features.encoders import PatchEncoder
@@ -50,10 +50,12 @@ def open_feature_backend(encoder: PatchEncoder, cfg: ExtractConfig, *, cache_dir
         ConfigError: Unavailable device or precision, or a backend that cannot run here.
         BackendError, MissingDependencyError: The runtime or the model file cannot be loaded.
     """
-    from sammil_deploy.export.resnet import NormalizedEncoder, resnet_spec
+    from sammil_deploy.export.resnet import resnet_spec
+    from sammil_deploy.features.encoders import NormalizedEncoder
     from sammil_deploy.runtime import open_backend
+    from sammil_deploy.runtime.devices import ort_device_options, resolve_device
 
-    device = resolve_device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     kind = resolve_backend_kind(cfg, encoder, device)
     if kind == "torch":
         module = NormalizedEncoder(encoder).eval()
@@ -73,6 +75,4 @@ def open_feature_backend(encoder: PatchEncoder, cfg: ExtractConfig, *, cache_dir
             f"--precision {cfg.precision}` and pass --model-file, or use --backend torch"
         )
     path = cfg.model_file or cached_encoder_onnx(encoder, cache_dir or encoder_cache_dir())
-    providers = "cuda" if device.type == "cuda" else "cpu"
-    return open_backend("onnxruntime", path, providers=providers, device_id=device.index or 0,
-                        intra_op_threads=cfg.intra_op_threads)  # fmt: skip
+    return open_backend("onnxruntime", path, **ort_device_options(str(device)), intra_op_threads=cfg.intra_op_threads)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sammil_deploy.config import apply_overrides, from_mapping, read_toml
+from sammil_deploy.config import load_config
 from sammil_deploy.errors import ConfigError
 from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord, run_batch
 from sammil_deploy.pipeline.infer_types import (
@@ -32,7 +32,7 @@ from sammil_deploy.pipeline.slide_steps import finish_slide, prepare_slide
 
 if TYPE_CHECKING:
     from sammil_deploy.bundle import Bundle
-    from sammil_deploy.pipeline.models import SlideModels
+    from sammil_deploy.pipeline.backends import SlideBackends
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,7 @@ __all__ = [
 
 def load_infer_config(path: Path | None = None, *, overrides: Mapping[str, Any] | None = None) -> InferConfig:
     """Defaults < TOML file (top level or an ``[infer]`` table) < overrides (``None`` values skipped)."""
-    data = dict(read_toml(path)) if path is not None else {}
-    if isinstance(data.get("infer"), Mapping):
-        data = dict(data["infer"])
-    return apply_overrides(from_mapping(InferConfig, data, section="infer"), dict(overrides or {}))
+    return load_config(InferConfig, path, table="infer", section="infer", overrides=overrides)
 
 
 def run_slide(
@@ -65,7 +62,7 @@ def run_slide(
     cfg: InferConfig,
     out_dir: Path,
     *,
-    models: SlideModels | None = None,
+    models: SlideBackends | None = None,
     progress: StageProgress | None = None,
 ) -> SlideResult:
     """Run the whole pipeline on one slide and write its outputs (report last, each file atomically).
@@ -75,7 +72,7 @@ def run_slide(
         bundle: From ``load_bundle``; its preprocessing is used as trained.
         cfg: Backend, device, batching, outputs.
         out_dir: Output root.
-        models: Networks loaded once for many slides (``load_models``); loaded (and closed) here when None.
+        models: Networks loaded once for many slides (``open_slide_backends``); loaded (and closed) here when None.
         progress: ``progress(slide, stage, done, total)`` at each stage start (0, 1) and per encoder batch.
 
     Returns:
@@ -85,10 +82,10 @@ def run_slide(
         SlideError, TissueError, PatchingError, SegmentationError: Bad slide; nothing is left in ``out_dir``.
         BackendError, InputSpecError: The backend failed.
     """
-    from sammil_deploy.pipeline.models import load_models
+    from sammil_deploy.pipeline.backends import open_slide_backends
 
     if models is None:
-        with load_models(bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
+        with open_slide_backends(bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
                          intra_op_threads=cfg.intra_op_threads) as own:  # fmt: skip
             return run_slide(path, bundle, cfg, out_dir, models=own, progress=progress)
     prepared = prepare_slide(path, bundle, cfg, models, progress=progress)
@@ -119,14 +116,14 @@ def run_slides(
         ConfigError: Two slides share a slide id.
         BackendError, WeightsError: The networks cannot be loaded (nothing can run then).
     """
-    from sammil_deploy.pipeline.models import load_models
+    from sammil_deploy.pipeline.backends import open_slide_backends
 
     paths = [Path(p) for p in paths]
     check_unique_ids(paths)
     todo = [p for p in paths if overwrite or not output_path(out_dir, p, "report").exists()]
     models = None
     if todo:
-        models = load_models(bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
+        models = open_slide_backends(bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
                              intra_op_threads=cfg.intra_op_threads)  # fmt: skip
     try:
         # Slide k+1 is prepared (tissue, grid, segmentation) in a helper thread while slide k is encoded.

@@ -65,10 +65,9 @@ class InferConfig:
     threshold: str = "youden"
 
     def __post_init__(self) -> None:
-        from sammil_deploy.pipeline.models import BACKENDS
+        from sammil_deploy.runtime import check_backend_kind
 
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"infer.backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        check_backend_kind(self.backend, option="infer.backend")
         if self.precision not in ("fp32", "bf16", "fp16", "int8"):
             raise ConfigError(f"infer.precision must be fp32, bf16, fp16 or int8, got {self.precision!r}")
         for name in ("batch_size", "prefetch_batches", "heatmap_max_size_px"):

@@ -6,22 +6,23 @@ already written for the slide are removed, so a slide has either all its outputs
 
 from __future__ import annotations
 
-import platform
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sammil_deploy.environment import package_versions
+
 if TYPE_CHECKING:
     from sammil_deploy.bundle import Bundle
+    from sammil_deploy.pipeline.backends import SlideBackends
     from sammil_deploy.pipeline.infer_types import InferConfig, SlideInference, SlideResult
-    from sammil_deploy.pipeline.models import SlideModels
     from sammil_deploy.segment import Segmentation
 
 
 def write_outputs(
-    slide: SlideInference, out_dir: Path, bundle: Bundle, cfg: InferConfig, models: SlideModels
+    slide: SlideInference, out_dir: Path, bundle: Bundle, cfg: InferConfig, models: SlideBackends
 ) -> SlideResult:
     """Render and write one slide's outputs; ``slide.stage_seconds["outputs"]`` is filled in by the caller's timer.
 
@@ -122,7 +123,7 @@ def _write_pictures(
     return assets
 
 
-def _write_features(slide: SlideInference, path: Path, bundle: Bundle, cfg: InferConfig, models: SlideModels) -> Path:
+def _write_features(slide: SlideInference, path: Path, bundle: Bundle, cfg: InferConfig, models: SlideBackends) -> Path:
     """The ``extract`` feature file of the slide (``save_features``): the same layout and attributes."""
     from sammil_deploy.features.bag import FeatureBag
     from sammil_deploy.features.engine import resize_place
@@ -147,7 +148,7 @@ def _write_features(slide: SlideInference, path: Path, bundle: Bundle, cfg: Infe
 
 
 def _report(
-    slide: SlideInference, bundle: Bundle, cfg: InferConfig, models: SlideModels, rank: np.ndarray
+    slide: SlideInference, bundle: Bundle, cfg: InferConfig, models: SlideBackends, rank: np.ndarray
 ) -> dict[str, Any]:
     """The report's content before the outputs are written (prediction, counts, attention, provenance)."""
     from sammil_deploy.mil.threshold import threshold_fields
@@ -201,7 +202,7 @@ def _report(
         "segmenter": segmentation.segmenter,
         "backends": {"requested": cfg.backend, **models.stage_backends},
         "bundle": bundle.describe(),
-        "versions": _versions(cfg.backend),
+        "versions": package_versions(),
     }
 
 
@@ -238,27 +239,3 @@ def sam_counts(segmentation: Segmentation) -> dict[str, int]:
     """SAM's work for this slide: encoder passes (crops) and decoder prompts (points), when SAM ran."""
     keys = {"encoder_passes": "sam_encoder_passes", "decoder_prompts": "sam_decoder_prompts"}
     return {name: int(segmentation.profile[k]) for k, name in keys.items() if k in segmentation.profile}
-
-
-def _versions(backend: str) -> dict[str, str]:
-    """Toolkit, Python and the numerical libraries that shape the numbers (plus the backend's runtime)."""
-    from importlib import metadata
-
-    import torch
-
-    from sammil_deploy import __version__
-
-    versions = {
-        "sammil_deploy": __version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-    }
-    if backend != "torch":
-        for dist in {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "tensorrt": ("tensorrt",)}[backend]:
-            try:
-                versions[backend] = metadata.version(dist)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return versions

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sammil_deploy.config import apply_overrides, from_mapping, read_toml
+from sammil_deploy.config import load_config
 from sammil_deploy.errors import ConfigError
 from sammil_deploy.patching import PatchConfig, make_patch_grid, require_patch_fits, write_coords_h5
 from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord, run_batch
 from sammil_deploy.slide import open_slide
-from sammil_deploy.tissue import TissueConfig, detect_tissue, tissue_preset
+from sammil_deploy.tissue import TissueConfig, detect_tissue, with_tissue_preset
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +57,10 @@ def load_preprocess_config(
     Raises:
         ConfigError: On an unreadable file, unknown key, unknown preset or invalid value.
     """
-    data = dict(read_toml(path)) if path is not None else {}
-    if isinstance(data.get("preprocess"), Mapping):
-        data = dict(data["preprocess"])
-    file_preset = data.pop("preset", None)
-    preset = preset or file_preset
-    if preset is not None:
-        tissue = data.get("tissue", {})
-        if not isinstance(tissue, Mapping):
-            raise ConfigError(f"{path}: 'tissue' must be a table")
-        data["tissue"] = {**tissue_preset(str(preset)), **tissue}
-    cfg = from_mapping(PreprocessConfig, data)
-    return apply_overrides(cfg, dict(overrides or {}))
+    return load_config(
+        PreprocessConfig, path, table="preprocess", prepare=lambda data: with_tissue_preset(data, preset),
+        overrides=overrides,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

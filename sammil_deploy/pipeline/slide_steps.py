@@ -17,8 +17,8 @@ import numpy as np
 if TYPE_CHECKING:
     from sammil_deploy.bundle import Bundle
     from sammil_deploy.patching import PatchGrid
+    from sammil_deploy.pipeline.backends import SlideBackends
     from sammil_deploy.pipeline.infer_types import InferConfig, SlideResult, StageProgress
-    from sammil_deploy.pipeline.models import SlideModels
     from sammil_deploy.segment import PatchAssignment, Segmentation
     from sammil_deploy.slide import SlideReader
 
@@ -53,7 +53,7 @@ class PreparedSlide:
 
 
 def prepare_slide(
-    path: Path, bundle: Bundle, cfg: InferConfig, models: SlideModels, *, progress: StageProgress | None = None
+    path: Path, bundle: Bundle, cfg: InferConfig, models: SlideBackends, *, progress: StageProgress | None = None
 ) -> PreparedSlide:
     """Open the slide, detect tissue, lay the patch grid, segment (the part that can run one slide ahead).
 
@@ -107,7 +107,7 @@ def finish_slide(
     bundle: Bundle,
     cfg: InferConfig,
     out_dir: Path,
-    models: SlideModels,
+    models: SlideBackends,
     *,
     progress: StageProgress | None = None,
 ) -> SlideResult:

@@ -27,14 +27,29 @@ def _tensorrt(artifact: Any, **options: Any) -> Backend:
     return TrtBackend(artifact, **options)
 
 
+# The one vocabulary of backend kinds: the CLI's --backend choices, the config checks, the bundle formats and the
+# benchmark variants (``ort-cuda`` = onnxruntime on a CUDA device) all use these names.
+BACKEND_KINDS = ("torch", "onnxruntime", "tensorrt")
+GPU_ONLY_KINDS = ("tensorrt",)
 # Builders import their module on call, so `import sammil_deploy.runtime` stays cheap (no torch for ORT users).
-BACKENDS: dict[str, Callable[..., Backend]] = {"torch": _torch, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
+BACKENDS: dict[str, Callable[..., Backend]] = dict(zip(BACKEND_KINDS, (_torch, _onnxruntime, _tensorrt), strict=True))
 ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
 
 
 def backend_kinds() -> list[str]:
-    """Registered backend names."""
+    """Registered backend names, sorted."""
     return sorted(BACKENDS)
+
+
+def check_backend_kind(kind: str, *, option: str = "backend") -> str:
+    """``kind`` if it is a runtime backend kind (exact name, as configs and the CLI take it).
+
+    Raises:
+        ConfigError: Any other name, listing the kinds.
+    """
+    if kind not in BACKEND_KINDS:
+        raise ConfigError(f"{option}: unknown backend {kind!r}; choose from {', '.join(BACKEND_KINDS)}")
+    return kind
 
 
 def open_backend(kind: str, artifact: Any, *, load: bool = True, **options: Any) -> Backend:

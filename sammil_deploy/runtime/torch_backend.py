@@ -20,25 +20,11 @@ from torch import nn
 from sammil_deploy.errors import BackendError, ConfigError
 from sammil_deploy.runtime.artifacts import TensorSpec
 from sammil_deploy.runtime.base import ArrayLike, Backend
+from sammil_deploy.runtime.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"cuda"`` → ``cuda:<current>``; refuses CUDA where there is none.
-
-    Raises:
-        BackendError: If a CUDA device is asked for and unavailable.
-    """
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise BackendError(f"device {device!r} asked for but CUDA is not available here; use device='cpu'")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
 
 
 class TorchBackend(Backend):
@@ -91,7 +77,7 @@ class TorchBackend(Backend):
         self._device: torch.device | None = None
 
     def _load(self) -> None:
-        self._device = resolve_device(self.device)
+        self._device = torch.device(resolve_device(self.device, option="torch backend device"))
         self.device = str(self._device)
         self.module.to(self._device).eval()
         if self.compile:

@@ -128,9 +128,9 @@ class TrtBackend(Backend):
         trt = require("tensorrt", extra="trt")
         import torch
 
-        from sammil_deploy.runtime.torch_backend import resolve_device
+        from sammil_deploy.runtime.devices import resolve_device
 
-        self._torch_device = resolve_device(self.device)
+        self._torch_device = torch.device(resolve_device(self.device, option="tensorrt backend device"))
         if self._torch_device.type != "cuda":
             raise BackendError(f"{self.plan_path}: TensorRT runs on CUDA devices only, got device={self.device!r}")
         self.device = str(self._torch_device)

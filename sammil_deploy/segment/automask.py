@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sammil_deploy.errors import SegmentationError
+from sammil_deploy.runtime.devices import resolve_device
 from sammil_deploy.segment.config import SegmentConfig
 from sammil_deploy.segment.image_tissue import tissue_mask_on_image
-from sammil_deploy.segment.sam_model import build_sam, detect_sam_model_type, resolve_device
+from sammil_deploy.segment.sam_model import build_sam, detect_sam_model_type
 from sammil_deploy.segment.segmentation import Segmentation
 
 if TYPE_CHECKING:

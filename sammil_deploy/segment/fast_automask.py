@@ -131,7 +131,7 @@ class FastMaskGenerator:
         import torch
         from segment_anything.utils.amg import build_all_layer_point_grids
 
-        from sammil_deploy.segment.sam_model import resolve_device
+        from sammil_deploy.runtime.devices import resolve_device
 
         self.encoder = encoder
         self.decoder = decoder

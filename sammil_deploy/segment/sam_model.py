@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sammil_deploy.errors import ConfigError, WeightsError
+from sammil_deploy.runtime.devices import resolve_device
 
 if TYPE_CHECKING:
     import torch
@@ -167,21 +168,6 @@ def detect_sam_model_type(state_dict: Mapping[str, Any], *, source: str = "state
     raise WeightsError(
         f"{source}: SAM image encoder with dim {embed_dim} and {depth} blocks matches no known model ({known})"
     )
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"cpu"``; other strings are returned unchanged.
-
-    Raises:
-        ConfigError: If a CUDA device is requested but none is available.
-    """
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but no CUDA GPU is visible; use device 'cpu' or 'auto'")
-    return device
 
 
 def _spec(model_type: str) -> SamSpec:

@@ -1,6 +1,6 @@
 """CLAM-style tissue detection: contours and holes in level-0 coordinates."""
 
-from sammil_deploy.tissue.config import TISSUE_PRESETS, TissueConfig, tissue_preset
+from sammil_deploy.tissue.config import TISSUE_PRESETS, TissueConfig, tissue_preset, with_tissue_preset
 from sammil_deploy.tissue.detect import TissueResult, detect_tissue, select_seg_level
 from sammil_deploy.tissue.geometry import point_polygon_test
 
@@ -12,4 +12,5 @@ __all__ = [
     "point_polygon_test",
     "select_seg_level",
     "tissue_preset",
+    "with_tissue_preset",
 ]

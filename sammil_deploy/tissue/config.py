@@ -81,3 +81,22 @@ def tissue_preset(name: str) -> dict[str, Any]:
         return dict(TISSUE_PRESETS[name])
     except KeyError:
         raise ConfigError(f"unknown tissue preset {name!r}; choose from {sorted(TISSUE_PRESETS)}") from None
+
+
+def with_tissue_preset(data: dict[str, Any], preset: str | None) -> dict[str, Any]:
+    """A config mapping with a CLAM preset under its own ``tissue`` values (a ``load_config`` ``prepare`` step).
+
+    The mapping's top-level ``preset`` key names the preset; ``preset`` (the ``--preset`` flag) wins over it.
+
+    Raises:
+        ConfigError: Unknown preset, or ``tissue`` is not a table.
+    """
+    name = preset or data.pop("preset", None)
+    data.pop("preset", None)
+    if name is None:
+        return data
+    tissue = data.get("tissue", {})
+    if not isinstance(tissue, dict):
+        raise ConfigError("'tissue' must be a table")
+    data["tissue"] = {**tissue_preset(str(name)), **tissue}
+    return data

@@ -153,7 +153,7 @@ def save_jpeg(path: Path, image: np.ndarray) -> Path:
 @functools.lru_cache(maxsize=1)
 def machine_summary() -> dict[str, str]:
     """The machine a slide ran on, for the report: host name and one hardware line (probed once per process)."""
-    from sammil_deploy.bench.environment import capture_environment, hardware_label
+    from sammil_deploy.environment import capture_environment, hardware_label
 
     env = capture_environment()
     return {"hostname": platform.node(), "hardware": hardware_label(env), "platform": str(env.get("platform"))}

@@ -1,10 +1,12 @@
-"""The networks of one inference run, loaded once from a bundle on the chosen backend and reused for every slide.
+"""The runtime backends of one inference run, opened once from a bundle and reused for every slide.
 
-``--backend`` selects the runtime of the patch encoder and the MIL head (and of SAM when the bundle carries its
-exported parts): ``torch`` runs the bundle's weights wrapped in the same I/O contract the export stage writes
-(``export.resnet.NormalizedEncoder``: uint8 NHWC patches in, normalisation inside; ``export.mil.MilForExport``),
-so every backend is fed the same arrays. SAM without exported parts, and the fallback segmenter, run in PyTorch /
-numpy whatever the backend; ``SlideModels.stage_backends`` records what ran where.
+``--backend`` (a runtime kind: ``torch``, ``onnxruntime``, ``tensorrt``) is passed as is to
+:func:`sammil_deploy.runtime.open_backend` for the patch encoder and the MIL head (and for SAM when the bundle
+carries its exported parts). ``torch`` runs the bundle's weights wrapped in the I/O contract the export stage
+writes (:class:`~sammil_deploy.features.encoders.NormalizedEncoder`: uint8 NHWC patches in, normalisation inside;
+:class:`~sammil_deploy.mil.model.BagClassifier`), so every backend is fed the same arrays. SAM without exported
+parts, and the fallback segmenter, run in PyTorch / numpy whatever the backend; ``SlideBackends.stage_backends``
+records what ran where.
 """
 
 from __future__ import annotations
@@ -26,12 +28,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
 _FORMAT = {"onnxruntime": "onnx", "tensorrt": "tensorrt"}
 
 
 @dataclass
-class SlideModels:
+class SlideBackends:
     """Loaded networks; close them with :meth:`close` (or use as a context manager).
 
     Attributes:
@@ -49,7 +50,7 @@ class SlideModels:
     stage_backends: dict[str, str] = field(default_factory=dict)
     _extra: list[Backend] = field(default_factory=list)
 
-    def __enter__(self) -> SlideModels:
+    def __enter__(self) -> SlideBackends:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -61,29 +62,14 @@ class SlideModels:
             backend.close()
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when visible, else ``cpu``.
-
-    Raises:
-        ConfigError: If CUDA is asked for but not available.
-    """
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for but CUDA is not available; use --device cpu or auto")
-    return device
-
-
-def load_models(
+def open_slide_backends(
     bundle: Bundle,
     backend: str,
     *,
     device: str = "auto",
     precision: str = "fp32",
     intra_op_threads: int = 0,
-) -> SlideModels:
+) -> SlideBackends:
     """Load the encoder, the MIL head and (if it runs) SAM from ``bundle`` on ``backend``.
 
     Args:
@@ -98,63 +84,82 @@ def load_models(
         ConfigError: Unknown backend, unavailable device, fp16 on CPU.
         BackendError: The bundle lacks an artifact for this backend/precision.
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+    from sammil_deploy.runtime import GPU_ONLY_KINDS, check_backend_kind
+    from sammil_deploy.runtime.devices import resolve_device
+
+    kind = check_backend_kind(backend, option="--backend")
     device = resolve_device(device)
-    if backend == "tensorrt" and not device.startswith("cuda"):
-        raise ConfigError("backend tensorrt needs a CUDA device; use --backend onnxruntime or torch on the CPU")
-    if backend == "torch":
-        features, mil = _torch_backends(bundle, device, precision)
-    else:
-        features = _exported(bundle, "resnet50", backend, device, precision, intra_op_threads)
-        mil_precision = precision if bundle.find("mil", _FORMAT[backend], precision) else None
-        mil = _exported(bundle, "mil", backend, device, mil_precision, intra_op_threads)
-    models = SlideModels(features=features, mil=mil)
+    if kind in GPU_ONLY_KINDS and not device.startswith("cuda"):
+        raise ConfigError(f"backend {kind} needs a CUDA device; use --backend onnxruntime or torch on the CPU")
+    features = _open_part(bundle, "resnet50", kind, device, precision, intra_op_threads)
+    fmt = _FORMAT.get(kind)
+    # The MIL head is tiny and its softmax over 100k instances wants FP32: torch never autocasts it, and an
+    # exported head is loaded at the asked precision only when the bundle has one.
+    mil_precision = "fp32" if fmt is None else precision if bundle.find("mil", fmt, precision) else None
+    mil = _open_part(bundle, "mil", kind, device, mil_precision, intra_op_threads)
+    models = SlideBackends(features=features, mil=mil)
     models.stage_backends = {"features": _label(features), "mil": _label(mil)}
     _load_segmenter(models, bundle, backend, device, intra_op_threads)
     return models
 
 
-def _torch_backends(bundle: Bundle, device: str, precision: str) -> tuple[Backend, Backend]:
-    import torch
-
-    from sammil_deploy.export.mil import MilForExport, mil_spec
-    from sammil_deploy.export.resnet import NormalizedEncoder, resnet_spec
-    from sammil_deploy.runtime import open_backend
-
-    encoder = bundle.build_encoder()
-    module = NormalizedEncoder(encoder).eval()
-    if device.startswith("cuda"):
-        module = module.to(memory_format=torch.channels_last)  # the NHWC input is channels-last already
-    spec = resnet_spec(encoder)
-    features = open_backend(
-        "torch", module, input_spec=spec.inputs, output_spec=spec.outputs, device=device, precision=precision,
-        name=f"{encoder.name} ({bundle.encoder_weights.name})",  # type: ignore[union-attr]
-    )  # fmt: skip
-    ckpt = bundle.load_checkpoint()
-    mspec = mil_spec(ckpt, bundle.manifest["files"][bundle.manifest["mil"]["checkpoint"]])
-    # The MIL head is tiny and its softmax over 100k instances wants FP32: it never autocasts.
-    mil = open_backend(
-        "torch", MilForExport(ckpt.model).eval(), input_spec=mspec.inputs, output_spec=mspec.outputs,
-        device=device, precision="fp32", name=f"mil ({bundle.checkpoint_path.name})",
-    )  # fmt: skip
-    return features, mil
-
-
-def _exported(
-    bundle: Bundle, part: str, backend: str, device: str, precision: str | None, threads: int, *, spin: bool = True
+def _open_part(
+    bundle: Bundle, part: str, kind: str, device: str, precision: str | None, threads: int, *, spin: bool = True
 ) -> Backend:
+    """``part`` of ``bundle`` opened with :func:`open_backend` on the user's backend ``kind``.
+
+    ``torch``: the module built from the bundle's weights; exported kinds: the bundle's artifact of ``part`` at
+    ``precision`` (``None``: any).
+    """
     from sammil_deploy.runtime import open_backend
 
-    if backend != "tensorrt" and bundle.find(part, _FORMAT[backend], precision) is None:
-        refuse_gpu_only_part(bundle.artifacts, part, backend)
-    art = bundle.require(part, _FORMAT[backend], precision)
-    if backend == "onnxruntime":
-        providers = "cpu" if device == "cpu" else "cuda" if device.startswith("cuda") else "auto"
-        device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
-        return open_backend("onnxruntime", art.path, providers=providers, device_id=device_id,
-                            intra_op_threads=threads, spin=spin)  # fmt: skip
-    return open_backend("tensorrt", art.path, device=device if ":" in device else "cuda:0")
+    if kind == "torch":
+        artifact, options = _torch_module(bundle, part, device, precision or "fp32")
+    else:
+        artifact, options = _exported_artifact(bundle, part, kind, device, precision, threads, spin)
+    return open_backend(kind, artifact, **options)
+
+
+def _torch_module(bundle: Bundle, part: str, device: str, precision: str) -> tuple[Any, dict[str, Any]]:
+    """The wrapped PyTorch module of ``part`` (``resnet50`` or ``mil``) and its torch backend options."""
+    if part == "resnet50":
+        import torch
+
+        from sammil_deploy.export.resnet import resnet_spec
+        from sammil_deploy.features.encoders import NormalizedEncoder
+
+        encoder = bundle.build_encoder()
+        module = NormalizedEncoder(encoder).eval()
+        if device.startswith("cuda"):
+            module = module.to(memory_format=torch.channels_last)  # the NHWC input is channels-last already
+        spec = resnet_spec(encoder)
+        name = f"{encoder.name} ({bundle.encoder_weights.name})"  # type: ignore[union-attr]
+    elif part == "mil":
+        from sammil_deploy.export.mil import mil_spec
+        from sammil_deploy.mil.model import BagClassifier
+
+        ckpt = bundle.load_checkpoint()
+        module = BagClassifier(ckpt.model).eval()
+        spec = mil_spec(ckpt, bundle.manifest["files"][bundle.manifest["mil"]["checkpoint"]])
+        name = f"mil ({bundle.checkpoint_path.name})"
+    else:  # SAM runs in PyTorch through segment/, not as a backend
+        raise BackendError(f"no PyTorch backend for bundle part {part!r}")
+    return module, {"input_spec": spec.inputs, "output_spec": spec.outputs, "device": device,
+                    "precision": precision, "name": name}  # fmt: skip
+
+
+def _exported_artifact(
+    bundle: Bundle, part: str, kind: str, device: str, precision: str | None, threads: int, spin: bool
+) -> tuple[Any, dict[str, Any]]:
+    """The bundle's artifact of ``part`` for ``kind`` and its backend options."""
+    from sammil_deploy.runtime.devices import ort_device_options
+
+    if kind != "tensorrt" and bundle.find(part, _FORMAT[kind], precision) is None:
+        refuse_gpu_only_part(bundle.artifacts, part, kind)
+    art = bundle.require(part, _FORMAT[kind], precision)
+    if kind == "onnxruntime":
+        return art.path, {**ort_device_options(device), "intra_op_threads": threads, "spin": spin}
+    return art.path, {"device": device}
 
 
 def refuse_gpu_only_part(artifacts: Sequence[BundleArtifact], part: str, backend: str) -> None:
@@ -172,7 +177,7 @@ def refuse_gpu_only_part(artifacts: Sequence[BundleArtifact], part: str, backend
         )
 
 
-def _load_segmenter(models: SlideModels, bundle: Bundle, backend: str, device: str, threads: int) -> None:
+def _load_segmenter(models: SlideBackends, bundle: Bundle, backend: str, device: str, threads: int) -> None:
     """SAM on exported parts when the backend has them, else PyTorch SAM; nothing for the fallback."""
     seg = bundle.preprocess.segment
     if seg.resolved_segmenter != "sam":
@@ -185,8 +190,8 @@ def _load_segmenter(models: SlideModels, bundle: Bundle, backend: str, device: s
         from sammil_deploy.segment.fast_automask import FastMaskGenerator
 
         # No spinning: the generator's torch post-processing runs between the decoder calls on the same cores.
-        encoder = _exported(bundle, "sam_encoder", backend, device, enc_art.precision, threads, spin=False)
-        decoder = _exported(bundle, "sam_decoder", backend, device, dec_art.precision, threads, spin=False)
+        encoder = _open_part(bundle, "sam_encoder", backend, device, enc_art.precision, threads, spin=False)
+        decoder = _open_part(bundle, "sam_decoder", backend, device, dec_art.precision, threads, spin=False)
         models._extra.extend([encoder, decoder])
         size_px = int(encoder.input_spec[0].shape[-1])
         model_type = _onnx_model_type(enc_art.path) if enc_art.format == "onnx" else "exported"

@@ -1,7 +1,9 @@
-"""What a benchmark ran on: CPU, memory, GPU, driver, CUDA/cuDNN/TensorRT, library versions, git commit.
+"""The one environment probe: library versions, and the machine (CPU, memory, GPU, driver, CUDA/cuDNN, git commit).
 
-Absolute times mean nothing without the hardware, so every report carries this. Each probe is best effort:
-a missing library or tool gives ``None`` for its entries, never an error.
+:func:`package_versions` (cheap: package metadata, and torch for its build tag) is what checkpoints and infer
+outputs record; :func:`capture_environment` adds the machine, for benchmark reports and ``doctor``. So all of them
+carry the same version fields. Each probe is best effort: a missing library or tool gives ``None`` for its
+entries, never an error.
 """
 
 from __future__ import annotations
@@ -18,9 +20,24 @@ from typing import Any
 
 from sammil_deploy import __version__
 
+# Version fields -> the distributions that provide them (the first one installed counts).
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "numpy": ("numpy",),
+    "torch": ("torch",),
+    "torchvision": ("torchvision",),
+    "safetensors": ("safetensors",),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"),
+    "segment_anything": ("segment-anything", "segment_anything"),
+    "openslide_python": ("openslide-python",),
+    "openslide_bin": ("openslide-bin",),
+    "h5py": ("h5py",),
+}
+
 REQUIRED_KEYS = (
     "timestamp_utc",
-    "sammil_deploy_version",
+    "sammil_deploy",
     "git_sha",
     "git_dirty",
     "python",
@@ -44,6 +61,18 @@ REQUIRED_KEYS = (
 )
 
 
+def package_versions() -> dict[str, str | None]:
+    """``sammil_deploy``, ``python`` and each of :data:`PACKAGES` -> its version, ``None`` when not installed."""
+    versions: dict[str, str | None] = {"sammil_deploy": __version__, "python": platform.python_version()}
+    for field, dists in PACKAGES.items():
+        versions[field] = next((v for v in map(_version, dists) if v is not None), None)
+    if versions["torch"] is not None:  # the module's version carries the build (2.14.1+cu130), the metadata may not
+        import torch
+
+        versions["torch"] = torch.__version__
+    return versions
+
+
 def capture_environment(*, repo_dir: Path | None = None) -> dict[str, Any]:
     """Describe this machine and software stack (JSON-able; see ``REQUIRED_KEYS``).
 
@@ -52,15 +81,12 @@ def capture_environment(*, repo_dir: Path | None = None) -> dict[str, Any]:
     """
     env: dict[str, Any] = {
         "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "sammil_deploy_version": __version__,
-        "python": platform.python_version(),
+        **package_versions(),
         "platform": platform.platform(),
-        **_git(repo_dir or Path(__file__).resolve().parents[2]),
+        **_git(repo_dir or Path(__file__).resolve().parents[1]),
         **_cpu(),
         **_torch(),
         **_onnxruntime(),
-        "tensorrt": _version("tensorrt"),
-        "numpy": _version("numpy"),
         "openslide": _openslide(),
     }
     env["gpu_driver"] = _nvidia_smi_driver() if env["cuda_available"] else None
@@ -132,7 +158,6 @@ def _cpu() -> dict[str, Any]:
 
 def _torch() -> dict[str, Any]:
     out: dict[str, Any] = {
-        "torch": None,
         "torch_threads": None,
         "cuda_available": False,
         "cuda_runtime": None,
@@ -143,7 +168,7 @@ def _torch() -> dict[str, Any]:
         return out
     import torch
 
-    out.update(torch=torch.__version__, torch_threads=torch.get_num_threads(), torchvision=_version("torchvision"))
+    out.update(torch_threads=torch.get_num_threads())
     if not torch.cuda.is_available():
         return out
     out.update(
@@ -183,10 +208,24 @@ def _nvidia_smi_driver() -> str | None:
 
 def _onnxruntime() -> dict[str, Any]:
     if importlib.util.find_spec("onnxruntime") is None:
-        return {"onnxruntime": None, "onnxruntime_providers": []}
+        return {"onnxruntime_providers": []}
     import onnxruntime as ort
 
-    return {"onnxruntime": ort.__version__, "onnxruntime_providers": list(ort.get_available_providers())}
+    out: dict[str, Any] = {"onnxruntime_providers": list(ort.get_available_providers())}
+    if "TensorrtExecutionProvider" in out["onnxruntime_providers"]:  # listed even when TensorRT cannot load
+        out["onnxruntime_tensorrt_library"] = _loadable("libnvinfer.so.10")
+    return out
+
+
+def _loadable(library: str) -> str:
+    """``"ok"`` when the dynamic loader finds ``library``, else why not."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(library)
+    except OSError as err:
+        return f"unavailable: {err}"
+    return "ok"
 
 
 def _openslide() -> str | None:
