@@ -54,7 +54,7 @@ def test_every_backend_name_is_a_runtime_kind():
     from sammil_deploy.bench.suites import BACKENDS as BENCH_NAMES
     from sammil_deploy.bench.suites import BENCH_BACKENDS, Variant
     from sammil_deploy.cli import infer as cli_infer
-    from sammil_deploy.demo import INFER_BACKENDS
+    from sammil_deploy.demo.config import INFER_BACKENDS
     from sammil_deploy.features.extract import FEATURE_BACKENDS
 
     assert tuple(BACKENDS) == BACKEND_KINDS  # the registry open_backend dispatches on

@@ -27,14 +27,14 @@ ALLOWED_IMPORTS: dict[str, set[str]] = {
     "config": {"errors"},
     "io_atomic": {"errors"},
     "_deps": {"errors"},
-    "environment": set(),  # versions and machine facts: stdlib only
+    "environment": {"<root>"},  # versions and machine facts: stdlib and the version only
     "slide": _BASE,
     "tissue": _BASE | {"slide"},
     "patching": _BASE | {"slide", "tissue"},
-    "segment": _BASE | {"slide"},
+    "segment": _BASE | {"slide", "runtime"},
     "runtime": _BASE,  # loads artifacts only: never model-building code
     "features": _BASE | {"slide", "tissue", "patching", "runtime"},
-    "mil": _BASE | {"features"},
+    "mil": _BASE | {"features", "runtime"},
     "export": _BASE | {"slide", "segment", "features", "mil", "runtime"},
     "preprocessing": _BASE | {"tissue", "patching", "segment", "features"},
     "viz": _BASE | {"slide", "tissue", "patching"},
