@@ -326,6 +326,22 @@ def test_overlapped_decoder_gives_the_same_masks(backend, request, thumbnail):
     assert a.profile["decoder_wait_s"] == pytest.approx(a.profile["decoder_s"], rel=0.2, abs=2e-3)
 
 
+def test_one_generator_in_two_threads_keeps_each_profile(thumbnail):
+    # infer segments slide k + 1 in a helper thread while slide k is segmented: one generator, two calls at once.
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = SegmentConfig(segmenter="sam", sam_model="tiny", device="cpu", points_per_side=8, points_per_batch=8)
+    generator = FastMaskGenerator.from_sam(_disc_sam(), cfg)
+    images = [thumbnail[:160, :200].copy(), thumbnail[:96, :128].copy()]
+    alone = [generator.generate(image) for image in images]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(generator.generate, images))
+    for a, b in zip(alone, together, strict=True):
+        _assert_identical(a, b)
+        assert b.profile["decoder_prompts"] == 8 * 8 + 4 * 4 * 4
+        assert b.profile["encoder_passes"] == 5
+
+
 @pytest.mark.gpu
 def test_matches_reference_on_cuda(thumbnail):
     sam = _disc_sam().to("cuda")

@@ -118,7 +118,6 @@ class FastMaskGenerator:
         self.renderer = MaskRenderer(self.img_size, self.device, on_cpu if windowed is None else bool(windowed),
                                      int(chunk_px))  # fmt: skip
         self.overlap_decoder = on_cpu if overlap_decoder is None else bool(overlap_decoder)
-        self._profile: dict[str, float] = {}
         self._mean = torch.tensor(pixel_mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self._std = torch.tensor(pixel_std, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self.point_grids = build_all_layer_point_grids(
@@ -196,15 +195,16 @@ class FastMaskGenerator:
                 "pass the RGB SAM image (read_sam_image) as uint8"
             )
         start = time.perf_counter()
-        self._profile = dict.fromkeys(
+        # Per call, not on self: infer segments the next slide in a helper thread while this one runs.
+        counts: dict[str, float] = dict.fromkeys(
             ("encoder_passes", "encoder_s", "decoder_calls", "decoder_prompts", "decoder_s", "decoder_wait_s"), 0
         )
         with torch.inference_mode():
-            boxes, crops = self._generate(np.ascontiguousarray(image))
+            boxes, crops = self._generate(np.ascontiguousarray(image), counts)
         areas = np.asarray([int(c.sum()) for c in crops], np.int64)
         keep = np.flatnonzero(areas >= max(self.cfg.min_mask_region_area, 1))
         total_s = time.perf_counter() - start
-        profile = {**self._profile, "total_s": total_s, "masks": len(keep)}
+        profile = {**counts, "total_s": total_s, "masks": len(keep)}
         # With the overlap, decoder_s is partly hidden behind post-processing; decoder_wait_s is what it added.
         profile["postprocess_s"] = total_s - profile["encoder_s"] - profile["decoder_wait_s"]
         log.info(
@@ -223,15 +223,15 @@ class FastMaskGenerator:
             profile={k: round(v, 4) if isinstance(v, float) else v for k, v in profile.items()},
         )
 
-    def _timed(self, key: str, start: float) -> None:
-        """Add the seconds since ``start`` to ``self._profile[key]`` (GPU work finished first)."""
+    def _timed(self, counts: dict[str, float], key: str, start: float) -> None:
+        """Add the seconds since ``start`` to ``counts[key]`` (GPU work finished first)."""
         if self.device.type == "cuda":
             import torch
 
             torch.cuda.synchronize(self.device)
-        self._profile[key] += time.perf_counter() - start
+        counts[key] += time.perf_counter() - start
 
-    def _generate(self, image: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _generate(self, image: np.ndarray, counts: dict[str, float]) -> tuple[np.ndarray, list[np.ndarray]]:
         """(K, 4) int64 exclusive boxes and K bool crops, before the final area filter."""
         import torch
         from segment_anything.utils.amg import generate_crop_boxes
@@ -240,7 +240,7 @@ class FastMaskGenerator:
         image_hw = (int(image.shape[0]), int(image.shape[1]))
         crop_boxes, layer_idxs = generate_crop_boxes(image_hw, self.cfg.crop_n_layers, CROP_OVERLAP_RATIO)
         images, resized_hw = self._preprocess(image, crop_boxes)
-        embeddings = self._encode(images)
+        embeddings = self._encode(images, counts)
         prompts = [
             self._prompts(box, layer, resized_hw[i])
             for i, (box, layer) in enumerate(zip(crop_boxes, layer_idxs, strict=True))
@@ -253,10 +253,10 @@ class FastMaskGenerator:
             i, s = batch
             coords, labels = prompts[i]
             stop = s + self.points_per_batch
-            return self._decode(embeddings[i : i + 1], coords[s:stop], labels[s:stop])
+            return self._decode(embeddings[i : i + 1], coords[s:stop], labels[s:stop], counts)
 
         per_crop: list[list[Candidates]] = [[] for _ in crop_boxes]
-        for (i, _), (low_res, iou) in zip(batches, self._decoded(decode, batches), strict=True):
+        for (i, _), (low_res, iou) in zip(batches, self._decoded(decode, batches, counts), strict=True):
             per_crop[i].append(self._filter(low_res, iou, i, crop_boxes[i], resized_hw[i], image_hw))
         data = Candidates.cat([self._crop_nms(parts) for parts in per_crop])
         crop_xyxy = torch.tensor(crop_boxes, dtype=torch.int64, device=self.device)
@@ -288,14 +288,14 @@ class FastMaskGenerator:
             resized_hw.append((h, w))
         return batch, resized_hw
 
-    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+    def _encode(self, images: torch.Tensor, counts: dict[str, float]) -> torch.Tensor:
         import torch
 
         start = time.perf_counter()
         step = self.encoder_batch_size or len(images)
         outs = [self._tensor(self.encoder(images[i : i + step])) for i in range(0, len(images), step)]
-        self._profile["encoder_passes"] += len(images)
-        self._timed("encoder_s", start)
+        counts["encoder_passes"] += len(images)
+        self._timed(counts, "encoder_s", start)
         return torch.cat(outs)
 
     def _prompts(
@@ -313,7 +313,7 @@ class FastMaskGenerator:
         return coords, torch.ones((len(coords), 1), dtype=torch.float32, device=self.device)
 
     def _decode(
-        self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor
+        self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor, counts: dict[str, float]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One decoder call: (P * 3, h, w) logits and (P * 3,) predicted IoUs; its time goes to ``decoder_s``."""
         import torch
@@ -322,12 +322,12 @@ class FastMaskGenerator:
         with torch.inference_mode():  # inference mode is per thread: this may run in the overlap worker
             low_res, iou = self.decoder(embedding, coords, labels)
             low_res, iou = self._tensor(low_res).flatten(0, 1), self._tensor(iou).flatten(0, 1)
-        self._profile["decoder_calls"] += 1
-        self._profile["decoder_prompts"] += len(coords)
-        self._timed("decoder_s", called)
+        counts["decoder_calls"] += 1
+        counts["decoder_prompts"] += len(coords)
+        self._timed(counts, "decoder_s", called)
         return low_res, iou
 
-    def _decoded(self, decode: Callable[[Any], Any], batches: Sequence[Any]) -> Iterator[Any]:
+    def _decoded(self, decode: Callable[[Any], Any], batches: Sequence[Any], counts: dict[str, float]) -> Iterator[Any]:
         """``decode(b)`` of every batch, in order; the main thread's waits for them go to ``decoder_wait_s``.
 
         With ``overlap_decoder``, batch k + 1 is decoded in a worker thread while the caller post-processes batch k.
@@ -336,7 +336,7 @@ class FastMaskGenerator:
             for batch in batches:
                 waited = time.perf_counter()
                 out = decode(batch)
-                self._profile["decoder_wait_s"] += time.perf_counter() - waited
+                counts["decoder_wait_s"] += time.perf_counter() - waited
                 yield out
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-decoder") as pool:
@@ -344,7 +344,7 @@ class FastMaskGenerator:
             for k in range(len(batches)):
                 waited = time.perf_counter()
                 out = pending.result()  # type: ignore[union-attr]
-                self._profile["decoder_wait_s"] += time.perf_counter() - waited
+                counts["decoder_wait_s"] += time.perf_counter() - waited
                 pending = pool.submit(decode, batches[k + 1]) if k + 1 < len(batches) else None
                 yield out
 
