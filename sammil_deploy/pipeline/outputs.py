@@ -224,8 +224,8 @@ def _report(
 def sam_seconds(segmentation: Segmentation) -> dict[str, float]:
     """The SAM generator's sub-stages inside ``segmentation`` (encoder passes, decoder prompts, post-processing).
 
-    On a CPU the decoder runs beside post-processing: ``sam_decoder`` is its own time, ``sam_decoder_wait`` what
-    it added to the segmentation time.
+    ``sam_decoder`` is the decoder calls' own time, ``sam_decoder_wait`` what they added to the segmentation time
+    (less when the generator overlaps decoding with post-processing).
     """
     keys = {
         "encoder_s": "sam_encoder",

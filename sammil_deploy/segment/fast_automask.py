@@ -18,7 +18,7 @@ TensorRT engine can drive it:
 wraps two ONNX Runtime ``InferenceSession`` objects (anything with ``get_inputs()`` and ``run(None, feed)``).
 
 Where the speed comes from, with the same masks: all crops go through the encoder in one batch; prompts are
-decoded in batches (on a CPU the next batch in a worker thread while this one is post-processed); the IoU
+decoded in batches (optionally the next batch in a worker thread while this one is post-processed); the IoU
 filter runs before upsampling (the reference upsamples every mask, 3 per point); on a CPU each mask is upsampled
 only inside the window its low-res logits can reach (``upsample.py``; on a GPU whole maps in chunks, on the
 device), and stability scores and boxes come from that pass; only the masks surviving both NMS rounds are
@@ -75,9 +75,11 @@ class FastMaskGenerator:
             ~5 bytes per pixel of it).
         windowed: Upsample each mask only inside the window its low-res logits can reach (``upsample.py``);
             default: on a CPU device.
-        overlap_decoder: Decode the next prompt batch in a worker thread while this one is post-processed
-            (the decoder must release the GIL while it computes, as ONNX Runtime and PyTorch ops do); default:
-            on a CPU device.
+        overlap_decoder: Decode the next prompt batch in a worker thread while this one is post-processed (same
+            masks; the decoder must release the GIL while it computes, as ONNX Runtime and PyTorch ops do). Off by
+            default: on a shared 2-core CPU (load ~5) it was neutral with the many-mask stand-in (0.99x) and slower
+            by median with the calibrated tiny SAM (0.87x), the two threads queueing for the GIL; its gain is at
+            most the decoder's share of the time, on a machine with a free core.
         pixel_mean: SAM's per-channel RGB mean on the 0-255 scale.
         pixel_std: SAM's per-channel RGB std on the 0-255 scale.
     """
@@ -95,7 +97,7 @@ class FastMaskGenerator:
         encoder_batch_size: int | None = None,
         chunk_px: int = 1 << 25,
         windowed: bool | None = None,
-        overlap_decoder: bool | None = None,
+        overlap_decoder: bool = False,
         pixel_mean: Sequence[float] = SAM_PIXEL_MEAN,
         pixel_std: Sequence[float] = SAM_PIXEL_STD,
     ) -> None:
@@ -117,7 +119,7 @@ class FastMaskGenerator:
         on_cpu = self.device.type == "cpu"
         self.renderer = MaskRenderer(self.img_size, self.device, on_cpu if windowed is None else bool(windowed),
                                      int(chunk_px))  # fmt: skip
-        self.overlap_decoder = on_cpu if overlap_decoder is None else bool(overlap_decoder)
+        self.overlap_decoder = bool(overlap_decoder)
         self._mean = torch.tensor(pixel_mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self._std = torch.tensor(pixel_std, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self.point_grids = build_all_layer_point_grids(
