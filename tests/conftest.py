@@ -249,3 +249,20 @@ def write_small_slides(folder: Path, seeds: tuple[int, ...], size_px: tuple[int,
         write_synthetic_slide(path, spec)
         paths.append(path)
     return paths
+
+
+def assert_same_context(actual, expected) -> None:
+    """Every field of two ``SpatialContext`` objects is equal (arrays exactly), named on failure.
+
+    The field list is the dataclass's own, so a field added to ``SpatialContext`` is compared too.
+    """
+    import dataclasses
+
+    import numpy as np
+
+    for field in dataclasses.fields(expected):
+        x, y = getattr(actual, field.name), getattr(expected, field.name)
+        if isinstance(y, np.ndarray):
+            np.testing.assert_array_equal(x, y, err_msg=field.name)
+        else:
+            assert x == y, field.name

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 import h5py
-import numpy as np
 import pytest
+from conftest import assert_same_context
 
 from sammil_deploy.features.extract import ExtractConfig
 from sammil_deploy.features.store import read_bag
@@ -19,18 +19,6 @@ from sammil_deploy.pipeline.add_context import add_context, add_context_files, p
 from sammil_deploy.pipeline.extract import SlideExtractConfig, extract_slide, features_path_for
 from sammil_deploy.segment import SegmentConfig
 from sammil_deploy.tissue import TissueConfig, tissue_preset
-
-CONTEXT_FIELDS = (
-    "segment_id",
-    "segment_area_px",
-    "membership_patch",
-    "membership_mask",
-    "group_ids",
-    "group_area_px",
-    "group_features",
-    "tissue_area_px",
-    "segmenter",
-)
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +34,6 @@ def extracted(tmp_path_factory, real_slide_path):
     return cfg, read_bag(features_path_for(out, real_slide_path))
 
 
-def _assert_same_context(a, b) -> None:
-    for name in CONTEXT_FIELDS:
-        x, y = getattr(a, name), getattr(b, name)
-        if isinstance(x, np.ndarray):
-            np.testing.assert_array_equal(x, y, err_msg=name)
-        else:
-            assert x == y, name
-
-
 def test_add_context_on_clam_file_equals_extract(extracted, real_slide_path, tmp_path):
     cfg, bag = extracted
     assert bag.context.n_groups >= 2
@@ -66,7 +45,7 @@ def test_add_context_on_clam_file_equals_extract(extracted, real_slide_path, tmp
     summary = add_context_files([clam], real_slide_path.parent, tmp_path / "out", cfg.segment, tissue=cfg.tissue)
     assert summary.all_succeeded, summary.to_dict()
     upgraded = read_bag(tmp_path / "out" / clam.name)
-    _assert_same_context(upgraded.context, bag.context)
+    assert_same_context(upgraded.context, bag.context)
     assert upgraded.attrs["context_tissue_config"]["source"] == "given"
     # The old framing (the patch footprints' box) is a different frame on this slide: the test can tell.
     extent = patch_extent_level0(bag.coords_level0_xy, bag.patch_size_level0_px)
@@ -82,5 +61,5 @@ def test_add_context_on_our_file_uses_the_recorded_tissue_settings(extracted, re
     stripped = dataclasses.replace(bag, context=None)
     # No tissue settings given: the bwh_biopsy settings the file recorded frame the SAM image, not the defaults.
     upgraded = add_context(stripped, real_slide_path, cfg.segment)
-    _assert_same_context(upgraded.context, bag.context)
+    assert_same_context(upgraded.context, bag.context)
     assert upgraded.attrs["context_tissue_config"]["source"] == "recorded"

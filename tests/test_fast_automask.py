@@ -254,7 +254,7 @@ def tiny_onnx(tmp_path_factory):
     return out
 
 
-def _ort_generator(folder, decoder: str, cfg: SegmentConfig) -> FastMaskGenerator:
+def _ort_generator(folder, decoder: str, cfg: SegmentConfig, **kwargs) -> FastMaskGenerator:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -263,7 +263,7 @@ def _ort_generator(folder, decoder: str, cfg: SegmentConfig) -> FastMaskGenerato
         ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
         for name in ("encoder.onnx", decoder)
     ]
-    return FastMaskGenerator.from_sessions(*sessions, cfg, 128, name="sam_fast_tiny_onnx")
+    return FastMaskGenerator.from_sessions(*sessions, cfg, 128, name="sam_fast_tiny_onnx", **kwargs)
 
 
 @pytest.mark.slow
@@ -293,6 +293,53 @@ def test_onnxruntime_generator_equals_torch_on_many_masks(tiny_onnx, thumbnail):
         agreement = mask_agreement(reference, candidate)
         assert agreement.n_candidate == agreement.n_reference
         assert agreement.min_iou >= 0.99, agreement
+
+
+def _assert_identical(a: Segmentation, b: Segmentation) -> None:
+    assert a.n_masks == b.n_masks
+    np.testing.assert_array_equal(a.bbox_xyxy, b.bbox_xyxy)
+    for k, (x, y) in enumerate(zip(a.crops, b.crops, strict=True)):
+        np.testing.assert_array_equal(x, y, err_msg=f"mask {k}")
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("onnxruntime", marks=pytest.mark.slow)])
+def test_overlapped_decoder_gives_the_same_masks(backend, request, thumbnail):
+    # The next prompt batch is decoded in a worker thread while this one is post-processed: same masks, same
+    # order, and the profile's parts add up to the total.
+    cfg = SegmentConfig(segmenter="sam", sam_model="tiny", device="cpu", points_per_side=12, points_per_batch=16)
+    image = thumbnail[:200, :240].copy()
+    if backend == "torch":
+        sam = _disc_sam()
+        serial, overlapped = (FastMaskGenerator.from_sam(sam, cfg, overlap_decoder=flag) for flag in (False, True))
+    else:
+        folder = request.getfixturevalue("tiny_onnx")
+        serial, overlapped = (
+            _ort_generator(folder, "disc_decoder.onnx", cfg, overlap_decoder=flag) for flag in (False, True)
+        )
+    a, b = serial.generate(image), overlapped.generate(image)
+    assert a.n_masks >= 30, "test setup: the stand-in should give many masks"
+    _assert_identical(a, b)
+    for seg in (a, b):
+        p = seg.profile
+        assert p["decoder_calls"] == -(-144 // 16) + 4 * -(-36 // 16)  # 12x12 grid, then 6x6 on 4 crops
+        assert p["total_s"] == pytest.approx(p["encoder_s"] + p["decoder_wait_s"] + p["postprocess_s"], abs=1e-3)
+    assert a.profile["decoder_wait_s"] == pytest.approx(a.profile["decoder_s"], rel=0.2, abs=2e-3)
+
+
+def test_one_generator_in_two_threads_keeps_each_profile(thumbnail):
+    # infer segments slide k + 1 in a helper thread while slide k is segmented: one generator, two calls at once.
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = SegmentConfig(segmenter="sam", sam_model="tiny", device="cpu", points_per_side=8, points_per_batch=8)
+    generator = FastMaskGenerator.from_sam(_disc_sam(), cfg)
+    images = [thumbnail[:160, :200].copy(), thumbnail[:96, :128].copy()]
+    alone = [generator.generate(image) for image in images]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(generator.generate, images))
+    for a, b in zip(alone, together, strict=True):
+        _assert_identical(a, b)
+        assert b.profile["decoder_prompts"] == 8 * 8 + 4 * 4 * 4
+        assert b.profile["encoder_passes"] == 5
 
 
 @pytest.mark.gpu

@@ -4,6 +4,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_context
 
 from sammil_deploy.errors import FeatureStoreError
 from sammil_deploy.features.bag import FeatureBag, SpatialContext, group_features_from_memberships
@@ -48,18 +49,7 @@ def test_round_trip_keeps_every_field(tmp_path):
     back = read_bag(path)
     np.testing.assert_array_equal(back.features, bag.features)
     np.testing.assert_array_equal(back.coords_level0_xy, bag.coords_level0_xy)
-    for name in (
-        "segment_id",
-        "segment_area_px",
-        "membership_patch",
-        "membership_mask",
-        "group_ids",
-        "group_area_px",
-        "group_features",
-    ):
-        np.testing.assert_array_equal(getattr(back.context, name), getattr(bag.context, name), err_msg=name)
-    assert back.context.segmenter == "fallback_test"
-    assert back.context.tissue_area_px == 4000
+    assert_same_context(back.context, bag.context)
     assert back.attrs["encoder"] == "resnet50_trunc"
     assert back.attrs["cfg"] == {"k": 1}
     assert back.patch_size_level0_px == 512

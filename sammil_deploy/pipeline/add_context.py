@@ -26,9 +26,7 @@ from sammil_deploy.pipeline.stages import segment_patches, spatial_context
 from sammil_deploy.slide import SLIDE_SUFFIXES, open_slide
 
 if TYPE_CHECKING:
-    from segment_anything.modeling import Sam
-
-    from sammil_deploy.segment import SegmentConfig
+    from sammil_deploy.segment import SegmentConfig, Segmenter
     from sammil_deploy.tissue import TissueConfig
 
 log = logging.getLogger(__name__)
@@ -67,7 +65,7 @@ def add_context(
     *,
     tissue: TissueConfig | None = None,
     mpp: float | None = None,
-    sam: Sam | None = None,
+    segmenter: Segmenter | None = None,
 ) -> FeatureBag:
     """Return ``bag`` with segments, memberships and group tokens computed from its slide.
 
@@ -77,7 +75,7 @@ def add_context(
         cfg: Segmenter and membership mode.
         tissue: Tissue settings for files that recorded none (CLAM's); CLAM's defaults when None.
         mpp: Microns per level-0 pixel, for slides without metadata.
-        sam: A loaded PyTorch SAM to reuse.
+        segmenter: A segmenter to reuse (``segment.create_segmenter``); built from ``cfg`` when None.
 
     Raises:
         FeatureStoreError: If the bag is empty or its coords fall outside the slide.
@@ -104,7 +102,9 @@ def add_context(
                 "no segment (were the patches made with other settings? pass the same --preset)",
                 bag.slide_id, extent, frame, source,
             )  # fmt: skip
-        _, _, assignment = segment_patches(reader, frame, bag.coords_level0_xy, bag.patch_size_level0_px, cfg, sam=sam)
+        _, _, assignment = segment_patches(
+            reader, frame, bag.coords_level0_xy, bag.patch_size_level0_px, cfg, segmenter=segmenter
+        )
     context = spatial_context(bag.features, assignment)
     attrs = {
         **bag.attrs,
@@ -180,16 +180,16 @@ def add_context_files(
         on_record: Called after each file (progress display).
     """
     from sammil_deploy.features.store import write_bag, write_official
-    from sammil_deploy.segment.automask import load_sam
+    from sammil_deploy.segment import create_segmenter
 
     out_dir = Path(out_dir)
     write = write_official if layout == "official" else write_bag
-    sam = load_sam(cfg) if cfg.resolved_segmenter == "sam" else None
+    segmenter = create_segmenter(cfg)  # loads SAM once for every file
 
     def process(path: Path) -> FeatureBag:
         bag = read_feature_file(path, coords_dir=coords_dir)
         slide = find_slide_for(bag.slide_id, Path(slides_dir))
-        upgraded = add_context(bag, slide, cfg, tissue=tissue, mpp=mpp, sam=sam)
+        upgraded = add_context(bag, slide, cfg, tissue=tissue, mpp=mpp, segmenter=segmenter)
         write(output_path_for(out_dir, path), upgraded)
         return upgraded
 

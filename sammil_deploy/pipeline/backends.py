@@ -20,11 +20,9 @@ from sammil_deploy.errors import BackendError, ConfigError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from segment_anything.modeling import Sam
-
     from sammil_deploy.bundle import Bundle, BundleArtifact
     from sammil_deploy.runtime import Backend
-    from sammil_deploy.segment.fast_automask import FastMaskGenerator
+    from sammil_deploy.segment import Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +36,14 @@ class SlideBackends:
     Attributes:
         features: Patch encoder backend: ``patches (B, S, S, 3) uint8 -> features (B, D) float32``.
         mil: MIL head backend: ``features (N + G, D) float32 -> logits, probabilities, attention``.
-        sam: PyTorch SAM, when SAM runs in PyTorch.
-        mask_generator: Mask generator on exported SAM parts (ONNX Runtime / TensorRT), when present.
+        segmenter: The slide segmenter (``segment.create_segmenter``): SAM on the bundle's exported parts (ONNX
+            Runtime / TensorRT) when the backend has them, else PyTorch SAM, or the fallback.
         stage_backends: What ran each stage, e.g. ``{"features": "onnxruntime CPUExecutionProvider"}``.
     """
 
     features: Backend
     mil: Backend
-    sam: Sam | None = None
-    mask_generator: FastMaskGenerator | None = None
+    segmenter: Segmenter | None = None
     stage_backends: dict[str, str] = field(default_factory=dict)
     _extra: list[Backend] = field(default_factory=list)
 
@@ -178,46 +175,32 @@ def refuse_gpu_only_part(artifacts: Sequence[BundleArtifact], part: str, backend
 
 
 def _load_segmenter(models: SlideBackends, bundle: Bundle, backend: str, device: str, threads: int) -> None:
-    """SAM on exported parts when the backend has them, else PyTorch SAM; nothing for the fallback."""
+    """SAM on exported parts when the backend has them, else PyTorch SAM; or the fallback."""
+    from dataclasses import replace
+
+    from sammil_deploy.segment import create_segmenter
+
     seg = bundle.preprocess.segment
     if seg.resolved_segmenter != "sam":
+        models.segmenter = create_segmenter(seg)
         models.stage_backends["segmentation"] = "numpy (fallback segmenter)"
         return
     fmt = _FORMAT.get(backend)
     enc_art = bundle.find("sam_encoder", fmt, None) if fmt else None
     dec_art = bundle.find("sam_decoder", fmt, None) if fmt else None
     if enc_art is not None and dec_art is not None:
-        from sammil_deploy.segment.fast_automask import FastMaskGenerator
-
         # No spinning: the generator's torch post-processing runs between the decoder calls on the same cores.
         encoder = _open_part(bundle, "sam_encoder", backend, device, enc_art.precision, threads, spin=False)
         decoder = _open_part(bundle, "sam_decoder", backend, device, dec_art.precision, threads, spin=False)
         models._extra.extend([encoder, decoder])
-        size_px = int(encoder.input_spec[0].shape[-1])
         model_type = _onnx_model_type(enc_art.path) if enc_art.format == "onnx" else "exported"
-        models.mask_generator = FastMaskGenerator(
-            lambda images: encoder.infer_torch({"images": images})["image_embeddings"],
-            lambda emb, coords, labels: _decode(decoder, emb, coords, labels),
-            seg,
-            size_px,
-            device=device,
-            name=f"sam_fast_{model_type}",
-        )
+        models.segmenter = create_segmenter(seg, encoder=encoder, decoder=decoder, device=device, model_type=model_type)
         models.stage_backends["segmentation"] = f"{_label(encoder)} + {_label(decoder)}"
         return
-    from dataclasses import replace
-
-    from sammil_deploy.segment.automask import load_sam
-
-    models.sam = load_sam(replace(seg, device=device))
+    models.segmenter = create_segmenter(replace(seg, device=device))
     models.stage_backends["segmentation"] = f"torch SAM ({seg.generator} generator)" + (
         "" if backend == "torch" else f"; the bundle has no exported SAM for {backend}"
     )
-
-
-def _decode(decoder: Backend, embedding: Any, coords: Any, labels: Any) -> tuple[Any, Any]:
-    out = decoder.infer_torch({"image_embeddings": embedding, "point_coords": coords, "point_labels": labels})
-    return out["low_res_masks"], out["iou_predictions"]
 
 
 def _onnx_model_type(path: Any) -> str:

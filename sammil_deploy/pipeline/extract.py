@@ -20,12 +20,10 @@ from sammil_deploy.preprocessing import SlideExtractConfig
 from sammil_deploy.tissue import with_tissue_preset
 
 if TYPE_CHECKING:
-    from segment_anything.modeling import Sam
-
     from sammil_deploy.features.encoders import PatchEncoder
     from sammil_deploy.patching import PatchGrid
     from sammil_deploy.runtime import Backend
-    from sammil_deploy.segment import PatchAssignment, SamImage, Segmentation
+    from sammil_deploy.segment import PatchAssignment, SamImage, Segmentation, Segmenter
     from sammil_deploy.slide import SlideInfo
 
 log = logging.getLogger(__name__)
@@ -125,7 +123,7 @@ def extract_slide(
     *,
     encoder: PatchEncoder | None = None,
     backend: Backend | None = None,
-    sam: Sam | None = None,
+    segmenter: Segmenter | None = None,
     progress: PatchProgress | None = None,
     prepared: PreparedExtract | None = None,
 ) -> ExtractResult:
@@ -138,7 +136,7 @@ def extract_slide(
         encoder: A built encoder to reuse across slides; built from ``cfg.features`` when None.
         backend: Its feature backend (``open_feature_backend``) to reuse across slides; opened (and closed) here
             when None.
-        sam: A loaded SAM model to reuse across slides (``segment.automask.load_sam``); loaded when needed.
+        segmenter: A segmenter to reuse across slides (``segment.create_segmenter``); built when needed.
         progress: Called as ``progress(slide, patches_done, patches_total)`` during feature extraction.
         prepared: The slide's :func:`prepare_extract` result when it was prepared ahead; done here when None.
 
@@ -161,8 +159,10 @@ def extract_slide(
     encoder = encoder if encoder is not None else build_encoder(cfg.features)
     if backend is None:
         with open_feature_backend(encoder, cfg.features) as own:
-            return extract_slide(path, cfg, out_dir, encoder=encoder, backend=own, sam=sam, progress=progress)
-    prepared = prepared if prepared is not None else prepare_extract(path, cfg, sam=sam)
+            return extract_slide(
+                path, cfg, out_dir, encoder=encoder, backend=own, segmenter=segmenter, progress=progress
+            )
+    prepared = prepared if prepared is not None else prepare_extract(path, cfg, segmenter=segmenter)
     info, reader_name, grid, stages, start = (
         prepared.info,
         prepared.reader_name,
@@ -238,7 +238,7 @@ class PreparedExtract:
     start: float
 
 
-def prepare_extract(path: Path, cfg: SlideExtractConfig, *, sam: Sam | None = None) -> PreparedExtract:
+def prepare_extract(path: Path, cfg: SlideExtractConfig, *, segmenter: Segmenter | None = None) -> PreparedExtract:
     """Open the slide, detect tissue, lay the patch grid, read the SAM image and segment it.
 
     Raises:
@@ -258,7 +258,12 @@ def prepare_extract(path: Path, cfg: SlideExtractConfig, *, sam: Sam | None = No
         grid = make_patch_grid(info, tissue, cfg.patch)
         stages["tissue_patching"] = _lap(start)
         sam_image, segmentation, assignment = segment_patches(
-            reader, tissue.bbox_level0, grid.coords_level0_xy, grid.patch_size_level0_px, cfg.segment, sam=sam
+            reader,
+            tissue.bbox_level0,
+            grid.coords_level0_xy,
+            grid.patch_size_level0_px,
+            cfg.segment,
+            segmenter=segmenter,
         )
         stages["segmentation"] = _lap(start, stages)
     return PreparedExtract(info, reader.name, grid, sam_image, segmentation, assignment, stages, start)
@@ -304,13 +309,11 @@ def extract_slides(
     todo = [p for p in paths if overwrite or not features_path_for(out_dir, p).exists()]
     encoder = build_encoder(cfg.features) if todo else None
     backend = open_feature_backend(encoder, cfg.features) if encoder is not None else None
-    sam = None
     try:
-        if todo and cfg.segment.resolved_segmenter == "sam":
-            from sammil_deploy.segment.automask import load_sam
+        from sammil_deploy.segment import create_segmenter
 
-            sam = load_sam(cfg.segment)
-        with Lookahead(todo, lambda p: prepare_extract(p, cfg, sam=sam), lambda _prepared: None) as ahead:
+        segmenter = create_segmenter(cfg.segment) if todo else None  # loads SAM once
+        with Lookahead(todo, lambda p: prepare_extract(p, cfg, segmenter=segmenter), lambda _: None) as ahead:
             return run_batch(
                 paths,
                 lambda p: extract_slide(
@@ -319,7 +322,7 @@ def extract_slides(
                     out_dir,
                     encoder=encoder,
                     backend=backend,
-                    sam=sam,
+                    segmenter=segmenter,
                     progress=progress,
                     prepared=ahead.take(p),
                 ),  # fmt: skip

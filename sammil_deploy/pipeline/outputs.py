@@ -228,8 +228,17 @@ def _attention_section(attention: np.ndarray, slide: SlideInference, rank: np.nd
 
 
 def sam_seconds(segmentation: Segmentation) -> dict[str, float]:
-    """The SAM generator's sub-stages inside ``segmentation`` (encoder passes, decoder prompts, post-processing)."""
-    keys = {"encoder_s": "sam_encoder", "decoder_s": "sam_decoder", "postprocess_s": "sam_postprocess"}
+    """The SAM generator's sub-stages inside ``segmentation`` (encoder passes, decoder prompts, post-processing).
+
+    ``sam_decoder`` is the decoder calls' own time, ``sam_decoder_wait`` what they added to the segmentation time
+    (less when the generator overlaps decoding with post-processing).
+    """
+    keys = {
+        "encoder_s": "sam_encoder",
+        "decoder_s": "sam_decoder",
+        "decoder_wait_s": "sam_decoder_wait",
+        "postprocess_s": "sam_postprocess",
+    }
     return {
         f"segmentation.{name}": float(segmentation.profile[k]) for k, name in keys.items() if k in segmentation.profile
     }

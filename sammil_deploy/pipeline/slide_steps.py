@@ -93,8 +93,7 @@ def prepare_slide(
                 grid.coords_level0_xy,
                 grid.patch_size_level0_px,
                 pre.segment,
-                sam=models.sam,
-                generator=models.mask_generator,
+                segmenter=models.segmenter,
             )
     except BaseException:
         reader.close()

@@ -18,13 +18,10 @@ import numpy as np
 from sammil_deploy.features.engine import resize_method
 
 if TYPE_CHECKING:
-    from segment_anything.modeling import Sam
-
     from sammil_deploy.features.bag import SpatialContext
     from sammil_deploy.patching import PatchGrid
     from sammil_deploy.runtime import Backend
-    from sammil_deploy.segment import PatchAssignment, SamImage, Segmentation, SegmentConfig
-    from sammil_deploy.segment.fast_automask import FastMaskGenerator
+    from sammil_deploy.segment import PatchAssignment, SamImage, Segmentation, SegmentConfig, Segmenter
     from sammil_deploy.slide import SlideInfo, SlideReader
 
 log = logging.getLogger(__name__)
@@ -39,10 +36,9 @@ def segment_patches(
     patch_size_level0_px: int,
     cfg: SegmentConfig,
     *,
-    sam: Sam | None = None,
-    generator: FastMaskGenerator | None = None,
+    segmenter: Segmenter | None = None,
 ) -> tuple[SamImage, Segmentation, PatchAssignment]:
-    """Read the SAM image of the tissue box, segment it and assign every patch to the masks it touches.
+    """Segment the tissue box (:func:`sammil_deploy.segment.segment_slide`) and assign every patch to its masks.
 
     Args:
         reader: An open slide.
@@ -50,19 +46,15 @@ def segment_patches(
         coords_level0_xy: (N, 2) int64 patch top-left corners.
         patch_size_level0_px: Patch footprint side in level-0 px.
         cfg: Segmenter settings and membership mode.
-        sam: A loaded PyTorch SAM to reuse (``segment.automask.load_sam``), when SAM runs in PyTorch.
-        generator: A mask generator driven by exported SAM parts (ONNX Runtime / TensorRT); wins over ``sam``.
+        segmenter: Built once with :func:`sammil_deploy.segment.create_segmenter` (PyTorch SAM, SAM on exported
+            graphs, or the fallback) and reused across slides; built from ``cfg`` when None.
 
     Returns:
         The SAM image, its masks and the per-patch assignment.
     """
-    from sammil_deploy.segment import assign_patches, read_sam_image, segment_image
+    from sammil_deploy.segment import assign_patches, segment_slide
 
-    sam_image = read_sam_image(reader, bbox_level0, cfg.long_side_px, official=cfg.membership == "official")
-    if generator is not None and cfg.resolved_segmenter == "sam":
-        segmentation = generator.generate(sam_image.image)
-    else:
-        segmentation = segment_image(sam_image.image, cfg, sam=sam)
+    sam_image, segmentation = segment_slide(reader, bbox_level0, cfg, segmenter=segmenter)
     assignment = assign_patches(segmentation, sam_image, coords_level0_xy, patch_size_level0_px, mode=cfg.membership)
     return sam_image, segmentation, assignment
 

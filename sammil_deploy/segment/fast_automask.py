@@ -18,29 +18,30 @@ TensorRT engine can drive it:
 wraps two ONNX Runtime ``InferenceSession`` objects (anything with ``get_inputs()`` and ``run(None, feed)``).
 
 Where the speed comes from, with the same masks: all crops go through the encoder in one batch; prompts are
-decoded in batches; the IoU filter runs before upsampling (the reference upsamples every mask, 3 per point);
-on a CPU each mask is upsampled only inside the window its low-res logits can reach (``upsample.py``; on a GPU
-whole maps in chunks, on the device), and stability scores and boxes come from that pass; only the masks
-surviving both NMS rounds are upsampled again, inside their boxes (no full-image padding, no RLE round trip);
-small-region cleanup works on each mask's box. ``Segmentation.profile`` records encoder passes, decoder prompts
-and the seconds of encoder, decoder and post-processing.
+decoded in batches (optionally the next batch in a worker thread while this one is post-processed); the IoU
+filter runs before upsampling (the reference upsamples every mask, 3 per point); on a CPU each mask is upsampled
+only inside the window its low-res logits can reach (``upsample.py``; on a GPU whole maps in chunks, on the
+device), and stability scores and boxes come from that pass; only the masks surviving both NMS rounds are
+upsampled again, inside their boxes (no full-image padding, no RLE round trip); small-region cleanup works on
+each mask's box. The per-mask steps live in ``candidates.py``. ``Segmentation.profile`` records encoder passes,
+decoder prompts and the seconds of encoder, decoder (``decoder_s``: the calls; ``decoder_wait_s``: what they
+added to the total) and post-processing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sammil_deploy.errors import SegmentationError
+from sammil_deploy.segment.candidates import CROP_NMS_THRESH, Candidates, MaskRenderer, remove_small_regions
 from sammil_deploy.segment.config import SegmentConfig
-from sammil_deploy.segment.postprocess import remove_small_regions_in_box, stability_and_boxes, upscale_logits
 from sammil_deploy.segment.segmentation import Segmentation
-from sammil_deploy.segment.upsample import CropUpsampler
 
 if TYPE_CHECKING:
     import torch
@@ -51,43 +52,9 @@ log = logging.getLogger(__name__)
 EncoderFn = Callable[["torch.Tensor"], Any]
 DecoderFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], tuple[Any, Any]]
 
-# Upstream SamAutomaticMaskGenerator defaults that SegmentConfig does not expose (SAM-MIL keeps them).
-MASK_THRESHOLD = 0.0
-STABILITY_OFFSET = 1.0
-CROP_NMS_THRESH = 0.7
-CROP_OVERLAP_RATIO = 512 / 1500
+CROP_OVERLAP_RATIO = 512 / 1500  # upstream default, kept by SAM-MIL
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
-
-
-@dataclass
-class _Candidates:
-    """Masks that passed the per-point filters of some crops; all tensors on the generator's device.
-
-    Attributes:
-        low_res: (N, h, w) float decoder logits, kept to re-render survivors.
-        iou: (N,) float32 predicted IoU.
-        stability: (N,) float32 stability score.
-        boxes: (N, 4) int64 inclusive xyxy boxes, crop frame.
-        crop: (N,) int64 index of the crop each mask came from.
-    """
-
-    low_res: torch.Tensor
-    iou: torch.Tensor
-    stability: torch.Tensor
-    boxes: torch.Tensor
-    crop: torch.Tensor
-
-    def select(self, keep: torch.Tensor) -> _Candidates:
-        return _Candidates(*(t[keep] for t in (self.low_res, self.iou, self.stability, self.boxes, self.crop)))
-
-    @staticmethod
-    def cat(parts: Sequence[_Candidates]) -> _Candidates:
-        import torch
-
-        return _Candidates(
-            *(torch.cat([getattr(p, k) for p in parts]) for k in ("low_res", "iou", "stability", "boxes", "crop"))
-        )
 
 
 class FastMaskGenerator:
@@ -108,6 +75,11 @@ class FastMaskGenerator:
             ~5 bytes per pixel of it).
         windowed: Upsample each mask only inside the window its low-res logits can reach (``upsample.py``);
             default: on a CPU device.
+        overlap_decoder: Decode the next prompt batch in a worker thread while this one is post-processed (same
+            masks; the decoder must release the GIL while it computes, as ONNX Runtime and PyTorch ops do). Off by
+            default: on a shared 2-core CPU (load ~5) it was neutral with the many-mask stand-in (0.99x) and slower
+            by median with the calibrated tiny SAM (0.87x), the two threads queueing for the GIL; its gain is at
+            most the decoder's share of the time, on a machine with a free core.
         pixel_mean: SAM's per-channel RGB mean on the 0-255 scale.
         pixel_std: SAM's per-channel RGB std on the 0-255 scale.
     """
@@ -125,6 +97,7 @@ class FastMaskGenerator:
         encoder_batch_size: int | None = None,
         chunk_px: int = 1 << 25,
         windowed: bool | None = None,
+        overlap_decoder: bool = False,
         pixel_mean: Sequence[float] = SAM_PIXEL_MEAN,
         pixel_std: Sequence[float] = SAM_PIXEL_STD,
     ) -> None:
@@ -141,11 +114,12 @@ class FastMaskGenerator:
         self.name = name
         self.points_per_batch = int(points_per_batch or cfg.points_per_batch)
         self.encoder_batch_size = encoder_batch_size
-        self.chunk_px = int(chunk_px)
         # Windowed upsampling (upsample.py) saves CPU memory traffic; a GPU has the bandwidth for whole maps and
         # would pay a kernel launch per mask instead.
-        self.windowed = self.device.type == "cpu" if windowed is None else bool(windowed)
-        self._profile: dict[str, float] = {}
+        on_cpu = self.device.type == "cpu"
+        self.renderer = MaskRenderer(self.img_size, self.device, on_cpu if windowed is None else bool(windowed),
+                                     int(chunk_px))  # fmt: skip
+        self.overlap_decoder = bool(overlap_decoder)
         self._mean = torch.tensor(pixel_mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self._std = torch.tensor(pixel_std, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self.point_grids = build_all_layer_point_grids(
@@ -223,16 +197,18 @@ class FastMaskGenerator:
                 "pass the RGB SAM image (read_sam_image) as uint8"
             )
         start = time.perf_counter()
-        self._profile = dict.fromkeys(
-            ("encoder_passes", "encoder_s", "decoder_calls", "decoder_prompts", "decoder_s"), 0
+        # Per call, not on self: infer segments the next slide in a helper thread while this one runs.
+        counts: dict[str, float] = dict.fromkeys(
+            ("encoder_passes", "encoder_s", "decoder_calls", "decoder_prompts", "decoder_s", "decoder_wait_s"), 0
         )
         with torch.inference_mode():
-            boxes, crops = self._generate(np.ascontiguousarray(image))
+            boxes, crops = self._generate(np.ascontiguousarray(image), counts)
         areas = np.asarray([int(c.sum()) for c in crops], np.int64)
         keep = np.flatnonzero(areas >= max(self.cfg.min_mask_region_area, 1))
         total_s = time.perf_counter() - start
-        profile = {**self._profile, "total_s": total_s, "masks": len(keep)}
-        profile["postprocess_s"] = total_s - profile["encoder_s"] - profile["decoder_s"]
+        profile = {**counts, "total_s": total_s, "masks": len(keep)}
+        # With the overlap, decoder_s is partly hidden behind post-processing; decoder_wait_s is what it added.
+        profile["postprocess_s"] = total_s - profile["encoder_s"] - profile["decoder_wait_s"]
         log.info(
             "%s: %d masks on %dx%d in %.2f s (encoder %.2f s, %d passes; decoder %.2f s, %d prompts)", self.name,
             len(keep), image.shape[1], image.shape[0], total_s, profile["encoder_s"], profile["encoder_passes"],
@@ -249,15 +225,15 @@ class FastMaskGenerator:
             profile={k: round(v, 4) if isinstance(v, float) else v for k, v in profile.items()},
         )
 
-    def _timed(self, key: str, start: float) -> None:
-        """Add the seconds since ``start`` to ``self._profile[key]`` (GPU work finished first)."""
+    def _timed(self, counts: dict[str, float], key: str, start: float) -> None:
+        """Add the seconds since ``start`` to ``counts[key]`` (GPU work finished first)."""
         if self.device.type == "cuda":
             import torch
 
             torch.cuda.synchronize(self.device)
-        self._profile[key] += time.perf_counter() - start
+        counts[key] += time.perf_counter() - start
 
-    def _generate(self, image: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _generate(self, image: np.ndarray, counts: dict[str, float]) -> tuple[np.ndarray, list[np.ndarray]]:
         """(K, 4) int64 exclusive boxes and K bool crops, before the final area filter."""
         import torch
         from segment_anything.utils.amg import generate_crop_boxes
@@ -266,21 +242,36 @@ class FastMaskGenerator:
         image_hw = (int(image.shape[0]), int(image.shape[1]))
         crop_boxes, layer_idxs = generate_crop_boxes(image_hw, self.cfg.crop_n_layers, CROP_OVERLAP_RATIO)
         images, resized_hw = self._preprocess(image, crop_boxes)
-        embeddings = self._encode(images)
-        parts = [
-            self._crop_candidates(embeddings[i : i + 1], i, box, layer, resized_hw[i], image_hw)
+        embeddings = self._encode(images, counts)
+        prompts = [
+            self._prompts(box, layer, resized_hw[i])
             for i, (box, layer) in enumerate(zip(crop_boxes, layer_idxs, strict=True))
         ]
-        data = _Candidates.cat(parts)
+        batches = [
+            (i, s) for i, (coords, _) in enumerate(prompts) for s in range(0, len(coords), self.points_per_batch)
+        ]
+
+        def decode(batch: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+            i, s = batch
+            coords, labels = prompts[i]
+            stop = s + self.points_per_batch
+            return self._decode(embeddings[i : i + 1], coords[s:stop], labels[s:stop], counts)
+
+        per_crop: list[list[Candidates]] = [[] for _ in crop_boxes]
+        for (i, _), (low_res, iou) in zip(batches, self._decoded(decode, batches, counts), strict=True):
+            per_crop[i].append(self._filter(low_res, iou, i, crop_boxes[i], resized_hw[i], image_hw))
+        data = Candidates.cat([self._crop_nms(parts) for parts in per_crop])
         crop_xyxy = torch.tensor(crop_boxes, dtype=torch.int64, device=self.device)
-        offsets = crop_xyxy[data.crop][:, [0, 1, 0, 1]]
         if len(crop_boxes) > 1:  # duplicates between crops: prefer masks from smaller crops, as upstream
+            offsets = crop_xyxy[data.crop][:, [0, 1, 0, 1]]
             scores = 1 / box_area(crop_xyxy[data.crop])
             keep = batched_nms((data.boxes + offsets).float(), scores, torch.zeros_like(data.crop), CROP_NMS_THRESH)
-            data, offsets = data.select(keep), offsets[keep]
-        boxes_image, masks = self._render(data, crop_boxes, resized_hw)
+            data = data.select(keep)
+        boxes_image, masks = self.renderer.render(data, crop_boxes, resized_hw)
         if self.cfg.min_mask_region_area > 0:
-            boxes_image, masks = self._remove_small_regions(boxes_image, masks, image_hw)
+            boxes_image, masks = remove_small_regions(
+                boxes_image, masks, image_hw, self.cfg.min_mask_region_area, self.cfg.box_nms_thresh
+            )
         return boxes_image, masks
 
     def _preprocess(self, image: np.ndarray, crop_boxes: list[list[int]]) -> tuple[torch.Tensor, list]:
@@ -299,29 +290,21 @@ class FastMaskGenerator:
             resized_hw.append((h, w))
         return batch, resized_hw
 
-    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+    def _encode(self, images: torch.Tensor, counts: dict[str, float]) -> torch.Tensor:
         import torch
 
         start = time.perf_counter()
         step = self.encoder_batch_size or len(images)
         outs = [self._tensor(self.encoder(images[i : i + step])) for i in range(0, len(images), step)]
-        self._profile["encoder_passes"] += len(images)
-        self._timed("encoder_s", start)
+        counts["encoder_passes"] += len(images)
+        self._timed(counts, "encoder_s", start)
         return torch.cat(outs)
 
-    def _crop_candidates(
-        self,
-        embedding: torch.Tensor,
-        crop_index: int,
-        crop_box: list[int],
-        layer: int,
-        resized_hw: tuple[int, int],
-        image_hw: tuple[int, int],
-    ) -> _Candidates:
-        """Decode one crop's point grid; keep masks passing the IoU, stability and crop-edge filters, then NMS."""
+    def _prompts(
+        self, crop_box: list[int], layer: int, resized_hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A crop's point grid as decoder inputs: (P, 1, 2) float32 encoder-input xy, (P, 1) float32 labels 1."""
         import torch
-        from segment_anything.utils.amg import is_box_near_crop_edge
-        from torchvision.ops import batched_nms
 
         x0, y0, x1, y1 = crop_box
         crop_hw = (y1 - y0, x1 - x0)
@@ -329,136 +312,81 @@ class FastMaskGenerator:
         # ResizeLongestSide.apply_coords: crop px -> encoder-input px, per axis.
         scale_xy = np.array([resized_hw[1] / crop_hw[1], resized_hw[0] / crop_hw[0]])
         coords = torch.as_tensor(points_crop_xy * scale_xy, dtype=torch.float32, device=self.device)[:, None]
-        labels = torch.ones((len(coords), 1), dtype=torch.float32, device=self.device)
-        parts = []
-        for start in range(0, len(coords), self.points_per_batch):
-            stop = start + self.points_per_batch
-            called = time.perf_counter()
-            low_res, iou = self.decoder(embedding, coords[start:stop], labels[start:stop])
-            low_res, iou = self._tensor(low_res).flatten(0, 1), self._tensor(iou).flatten(0, 1)
-            self._profile["decoder_calls"] += 1
-            self._profile["decoder_prompts"] += len(coords[start:stop])
-            self._timed("decoder_s", called)
-            if self.cfg.pred_iou_thresh > 0.0:  # exact before upsampling: the IoU head does not see the masks
-                keep = iou > self.cfg.pred_iou_thresh
-                low_res, iou = low_res[keep], iou[keep]
-            stability, boxes = self._stability_and_boxes(low_res, resized_hw, crop_hw)
-            part = _Candidates(low_res, iou, stability, boxes, torch.full_like(boxes[:, 0], crop_index))
-            if self.cfg.stability_score_thresh > 0.0:
-                part = part.select(part.stability >= self.cfg.stability_score_thresh)
-            near_edge = is_box_near_crop_edge(part.boxes, crop_box, [0, 0, image_hw[1], image_hw[0]])
-            parts.append(part.select(~near_edge))
-        data = _Candidates.cat(parts)
-        keep = batched_nms(data.boxes.float(), data.iou, torch.zeros_like(data.crop), self.cfg.box_nms_thresh)
-        return data.select(keep)
+        return coords, torch.ones((len(coords), 1), dtype=torch.float32, device=self.device)
 
-    def _chunks(self, n: int, resized_hw: tuple[int, int], crop_hw: tuple[int, int]) -> range:
-        per_mask_px = self.img_size**2 + resized_hw[0] * resized_hw[1] + crop_hw[0] * crop_hw[1]
-        return range(0, n, max(1, self.chunk_px // per_mask_px))
-
-    def _upsampler(self, low_res_px: int, resized_hw: tuple[int, int], crop_hw: tuple[int, int]) -> CropUpsampler:
-        return CropUpsampler(low_res_px, self.img_size, resized_hw, crop_hw, self.device)
-
-    def _stability_and_boxes(
-        self, low_res: torch.Tensor, resized_hw: tuple[int, int], crop_hw: tuple[int, int]
+    def _decode(
+        self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor, counts: dict[str, float]
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoder call: (P * 3, h, w) logits and (P * 3,) predicted IoUs; its time goes to ``decoder_s``."""
         import torch
 
-        if self.windowed:
-            up = self._upsampler(low_res.shape[-1], resized_hw, crop_hw)
-            return up.stability_and_boxes(low_res, MASK_THRESHOLD, STABILITY_OFFSET)
-        stability = [torch.zeros(0, device=self.device)]
-        boxes = [torch.zeros((0, 4), dtype=torch.int64, device=self.device)]
-        chunks = self._chunks(len(low_res), resized_hw, crop_hw)
-        for start in chunks:
-            logits = upscale_logits(low_res[start : start + chunks.step], self.img_size, resized_hw, crop_hw)
-            s, b = stability_and_boxes(logits, MASK_THRESHOLD, STABILITY_OFFSET)
-            stability.append(s.float())
-            boxes.append(b)
-        return torch.cat(stability), torch.cat(boxes)
+        called = time.perf_counter()
+        with torch.inference_mode():  # inference mode is per thread: this may run in the overlap worker
+            low_res, iou = self.decoder(embedding, coords, labels)
+            low_res, iou = self._tensor(low_res).flatten(0, 1), self._tensor(iou).flatten(0, 1)
+        counts["decoder_calls"] += 1
+        counts["decoder_prompts"] += len(coords)
+        self._timed(counts, "decoder_s", called)
+        return low_res, iou
 
-    def _render(
-        self, data: _Candidates, crop_boxes: list[list[int]], resized_hw: list[tuple[int, int]]
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Upsample the surviving masks again and cut each to its box: (K, 4) exclusive image boxes, K crops."""
-        boxes_crop = data.boxes.cpu().numpy()
-        crop_of = data.crop.cpu().numpy()
-        masks: list[np.ndarray | None] = [None] * len(crop_of)
-        for c in np.unique(crop_of):
-            x0, y0, x1, y1 = crop_boxes[c]
-            rows = np.flatnonzero(crop_of == c)
-            if self.windowed:
-                up = self._upsampler(data.low_res.shape[-1], resized_hw[c], (y1 - y0, x1 - x0))
-                crops = up.binary_in_boxes(data.low_res[rows], boxes_crop[rows], MASK_THRESHOLD)
-                for k, crop in zip(rows, crops, strict=True):
-                    masks[k] = crop
-                continue
-            chunks = self._chunks(len(rows), resized_hw[c], (y1 - y0, x1 - x0))
-            for start in chunks:
-                sel = rows[start : start + chunks.step]
-                logits = upscale_logits(data.low_res[sel], self.img_size, resized_hw[c], (y1 - y0, x1 - x0))
-                binary = (logits > MASK_THRESHOLD).cpu().numpy()
-                for j, k in enumerate(sel):
-                    bx0, by0, bx1, by1 = boxes_crop[k]
-                    masks[k] = np.ascontiguousarray(binary[j, by0 : by1 + 1, bx0 : bx1 + 1])
-        offsets = np.asarray(crop_boxes, np.int64)[crop_of][:, [0, 1, 0, 1]] if len(crop_of) else 0
-        boxes_image = (boxes_crop + offsets + np.array([0, 0, 1, 1])).reshape(-1, 4).astype(np.int64)
-        return boxes_image, masks  # type: ignore[return-value]
+    def _decoded(self, decode: Callable[[Any], Any], batches: Sequence[Any], counts: dict[str, float]) -> Iterator[Any]:
+        """``decode(b)`` of every batch, in order; the main thread's waits for them go to ``decoder_wait_s``.
 
-    def _remove_small_regions(
-        self, boxes: np.ndarray, masks: list[np.ndarray], image_hw: tuple[int, int]
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Upstream ``postprocess_small_regions``: clean each mask, then NMS preferring unchanged masks."""
+        With ``overlap_decoder``, batch k + 1 is decoded in a worker thread while the caller post-processes batch k.
+        """
+        if not self.overlap_decoder:
+            for batch in batches:
+                waited = time.perf_counter()
+                out = decode(batch)
+                counts["decoder_wait_s"] += time.perf_counter() - waited
+                yield out
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-decoder") as pool:
+            pending = pool.submit(decode, batches[0]) if batches else None
+            for k in range(len(batches)):
+                waited = time.perf_counter()
+                out = pending.result()  # type: ignore[union-attr]
+                counts["decoder_wait_s"] += time.perf_counter() - waited
+                pending = pool.submit(decode, batches[k + 1]) if k + 1 < len(batches) else None
+                yield out
+
+    def _filter(
+        self,
+        low_res: torch.Tensor,
+        iou: torch.Tensor,
+        crop_index: int,
+        crop_box: list[int],
+        resized_hw: tuple[int, int],
+        image_hw: tuple[int, int],
+    ) -> Candidates:
+        """One decoder batch's masks that pass the IoU, stability and crop-edge filters (upstream's order)."""
+        import torch
+        from segment_anything.utils.amg import is_box_near_crop_edge
+
+        x0, y0, x1, y1 = crop_box
+        if self.cfg.pred_iou_thresh > 0.0:  # exact before upsampling: the IoU head does not see the masks
+            keep = iou > self.cfg.pred_iou_thresh
+            low_res, iou = low_res[keep], iou[keep]
+        stability, boxes = self.renderer.stability_and_boxes(low_res, resized_hw, (y1 - y0, x1 - x0))
+        part = Candidates(low_res, iou, stability, boxes, torch.full_like(boxes[:, 0], crop_index))
+        if self.cfg.stability_score_thresh > 0.0:
+            part = part.select(part.stability >= self.cfg.stability_score_thresh)
+        near_edge = is_box_near_crop_edge(part.boxes, crop_box, [0, 0, image_hw[1], image_hw[0]])
+        return part.select(~near_edge)
+
+    def _crop_nms(self, parts: list[Candidates]) -> Candidates:
+        """NMS within one crop's candidates (upstream's per-crop ``box_nms_thresh`` round)."""
         import torch
         from torchvision.ops import batched_nms
 
-        if not masks:
-            return boxes, masks
-        new_boxes, new_masks, unchanged = [], [], []
-        for box, crop in zip(boxes, masks, strict=True):
-            crop, box, changed = remove_small_regions_in_box(
-                crop, tuple(int(v) for v in box), image_hw, self.cfg.min_mask_region_area
-            )
-            new_boxes.append(box)
-            new_masks.append(crop)
-            unchanged.append(float(not changed))
-        boxes = np.asarray(new_boxes, np.int64)
-        # Upstream boxes are inclusive and [0, 0, 0, 0] for an empty mask.
-        inclusive = np.where((boxes[:, 2:] > boxes[:, :2]).all(1, keepdims=True), boxes - [0, 0, 1, 1], 0)
-        keep = batched_nms(
-            torch.as_tensor(inclusive).float(),
-            torch.as_tensor(unchanged),
-            torch.zeros(len(boxes), dtype=torch.int64),
-            max(self.cfg.box_nms_thresh, CROP_NMS_THRESH),
-        ).numpy()
-        return boxes[keep], [new_masks[i] for i in keep]
+        data = Candidates.cat(parts)
+        keep = batched_nms(data.boxes.float(), data.iou, torch.zeros_like(data.crop), self.cfg.box_nms_thresh)
+        return data.select(keep)
 
     def _tensor(self, x: Any) -> torch.Tensor:
         import torch
 
         return torch.as_tensor(x, device=self.device)
-
-
-def fast_sam_segment(image: np.ndarray, cfg: SegmentConfig, sam: Sam | None = None) -> Segmentation:
-    """``automask.sam_segment`` with :class:`FastMaskGenerator` on the PyTorch model: same masks, faster.
-
-    Raises:
-        SegmentationError: If the GPU runs out of memory (with the settings to lower).
-    """
-    import torch
-
-    from sammil_deploy.segment.automask import load_sam
-
-    if sam is None:
-        sam = load_sam(cfg)
-    generator = FastMaskGenerator.from_sam(sam, cfg)
-    try:
-        return generator.generate(image)
-    except torch.cuda.OutOfMemoryError:
-        raise SegmentationError(
-            f"{generator.name} ran out of GPU memory on a {image.shape[1]}x{image.shape[0]} image; lower "
-            "segment.points_per_batch (e.g. 16) or segment.long_side_px, or use device 'cpu'"
-        ) from None
 
 
 def _numpy32(x: torch.Tensor) -> np.ndarray:

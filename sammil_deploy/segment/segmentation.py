@@ -30,7 +30,8 @@ class Segmentation:
         tissue_area_px: Tissue pixels on the SAM image (the denominator of area fractions).
         profile: How the masks were computed, for reports: seconds per sub-stage and work counts (e.g. the fast
             generator's ``encoder_passes``, ``decoder_prompts``, ``encoder_s``, ``decoder_s``,
-            ``postprocess_s``). Never saved, not part of equality.
+            ``decoder_wait_s``, ``postprocess_s``; with the decoder overlapped, ``decoder_s`` is partly hidden
+            and ``total_s = encoder_s + decoder_wait_s + postprocess_s``). Never saved, not part of equality.
     """
 
     bbox_xyxy: np.ndarray
