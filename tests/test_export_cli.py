@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
-
-from sammil_deploy.cli import main
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["sammil-deploy", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
+from helpers import run_cli
 
 
 def test_export_mil_json(monkeypatch, capsys, tmp_path, tiny_mil_checkpoint):

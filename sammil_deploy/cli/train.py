@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sammil_deploy.cli.app import app, console, print_json, stdout
+
+if TYPE_CHECKING:
+    from sammil_deploy.mil.events import OnTrainingEvent, TrainingEvent
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 ThresholdOpt = Annotated[
@@ -98,36 +101,26 @@ def train_cmd(
     stdout.print(f"checkpoints and summary in {summary.out_dir}")
 
 
-def _progress_events(progress: Progress) -> Any:
+def _progress_events(progress: Progress) -> OnTrainingEvent:
     """The ``on_event`` callback of training: one bar per fold, epoch losses, then the fold's test metrics."""
-    tasks: dict[str, Any] = {}
+    from sammil_deploy.mil.events import EpochEnd, FoldEnd, FoldStart
 
-    def on_event(kind: str, payload: dict[str, Any]) -> None:
-        if kind == "fold_start":
-            tasks[payload["fold"]] = progress.add_task(
-                f"{payload['fold']} ({payload['n_train']}/{payload['n_val']}/{payload['n_test']})",
-                total=payload["epochs"],
-                status="",
-            )
-        elif kind == "epoch":
-            r = payload["record"]
-            progress.update(
-                tasks[payload["fold"]],
-                advance=1,
-                status=(
-                    f"loss {r.train_loss:.4f}  val loss {r.val_loss:.4f}  val auc {r.val_auc:.4f}"
-                    + (" *" if r.improved else "")
-                ),
-            )
-        elif kind == "fold_end":
-            task = tasks[payload["fold"]]
-            progress.update(
-                task,
-                total=payload["epochs_run"],
-                completed=payload["epochs_run"],
-                status=f"test auc {payload['auc']:.4f}  acc {payload['accuracy']:.4f}  "
-                f"f1 {payload['f1']:.4f}  (best epoch {payload['best_epoch']})",
-            )
+    tasks: dict[str, TaskID] = {}
+
+    def on_event(event: TrainingEvent) -> None:
+        match event:
+            case FoldStart(fold=fold):
+                sizes = f"{event.n_train}/{event.n_val}/{event.n_test}"
+                tasks[fold] = progress.add_task(f"{fold} ({sizes})", total=event.epochs, status="")
+            case EpochEnd(fold=fold, record=r):
+                status = f"loss {r.train_loss:.4f}  val loss {r.val_loss:.4f}  val auc {r.val_auc:.4f}"
+                progress.update(tasks[fold], advance=1, status=status + (" *" if r.improved else ""))
+            case FoldEnd(fold=fold, metrics=m):
+                status = (
+                    f"test auc {m['auc']:.4f}  acc {m['accuracy']:.4f}  f1 {m['f1']:.4f}  "
+                    f"(best epoch {event.best_epoch})"
+                )
+                progress.update(tasks[fold], total=event.epochs_run, completed=event.epochs_run, status=status)
 
     return on_event
 
