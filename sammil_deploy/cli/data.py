@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from sammil_deploy.cli.app import app, console, print_json
+from sammil_deploy.cli.options import JsonOpt
 from sammil_deploy.slide.cohort import DEFAULT_N_SLIDES, DEFAULT_SIZE_PX
 
 
@@ -24,7 +25,7 @@ def make_demo_data_cmd(
     ),
     mpp: Annotated[float, typer.Option(help="Microns per level-0 pixel (0.25 ~ 40x).")] = 0.25,
     workers: Annotated[int | None, typer.Option(help="Threads per slide (default: CPU count, at most 8).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary on stdout.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write synthetic H&E-like slides (tumour-bearing = label 1) and <out>/labels.csv for the demo."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

@@ -6,16 +6,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sammil_deploy.cli.app import app, console, print_json, stdout
+from sammil_deploy.cli.options import DeviceOpt, JsonOpt
+from sammil_deploy.cli.render import wide_stdout
 
 if TYPE_CHECKING:
     from sammil_deploy.mil.events import OnTrainingEvent, TrainingEvent
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 ThresholdOpt = Annotated[
     str | None,
     typer.Option(help="Binary decision: youden (on held-out training-fold scores), 0.5, or a probability in (0, 1)."),
@@ -41,7 +41,7 @@ def train_cmd(
     objective: Annotated[str | None, typer.Option(help="paper (Eq. 13) | official (released code's loss).")] = None,
     config: Annotated[Path | None, typer.Option(help="Recipe TOML (training/*.toml); flags override it.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
+    device: DeviceOpt = None,
     seed: Annotated[int | None, typer.Option(help="Seed of training and splits.")] = None,
     threshold: ThresholdOpt = None,
     selection: Annotated[
@@ -95,9 +95,7 @@ def train_cmd(
             }
         )
         return
-    # A piped stdout reports 80 columns, too narrow for the metric columns: render wider there.
-    wide = stdout if stdout.is_terminal else Console(width=160)
-    wide.print(summary_table(summary.folds, summary.mean_std))
+    wide_stdout(160).print(summary_table(summary.folds, summary.mean_std))
     stdout.print(f"checkpoints and summary in {summary.out_dir}")
 
 
@@ -195,23 +193,18 @@ def import_checkpoint_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Convert a checkpoint trained with the official SAM-MIL code or CLAM into a sammil-deploy checkpoint."""
-    from sammil_deploy.mil.checkpoint import import_external_checkpoint, save_checkpoint
+    from sammil_deploy.mil.checkpoint import import_checkpoint
 
     names = tuple(c.strip() for c in class_names.split(",")) if class_names else None
-    ckpt = import_external_checkpoint(
-        source, feature_dim=feature_dim, encoder=encoder, activation=activation, class_names=names
+    ckpt = import_checkpoint(
+        source, out, feature_dim=feature_dim, encoder=encoder, activation=activation, class_names=names
     )
-    path = save_checkpoint(out, ckpt.model, ckpt.meta)
-    payload = {
-        "source": ckpt.meta.source,
-        "model": ckpt.meta.model,
-        "group_tokens": ckpt.meta.group_tokens,
-        "checkpoint": str(path),
-    }
+    meta = ckpt.meta
     if as_json:
-        print_json(payload)
+        print_json({"source": meta.source, "model": meta.model, "group_tokens": meta.group_tokens,
+                    "checkpoint": str(ckpt.path)})  # fmt: skip
         return
-    stdout.print(f"imported {ckpt.meta.source} model ({ckpt.meta.model}) -> {path}")
+    stdout.print(f"imported {meta.source} model ({meta.model}) -> {ckpt.path}")
 
 
 @app.command("import-bags")
@@ -262,15 +255,7 @@ def make_mil_table_cmd(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Write a synthetic MUSK-shaped MIL table (bags of 2-40 instances) to try import-bags and the MIL recipe."""
-    import csv
+    from sammil_deploy.mil.synthetic import write_mil_table
 
-    from sammil_deploy.io_atomic import atomic_path
-    from sammil_deploy.mil.synthetic import classical_mil_table
-
-    ids, labels, features = classical_mil_table(n_bags=bags, dim=dim, signal=signal, seed=seed)
-    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["bag_id", "label", *[f"f{j}" for j in range(dim)]])
-        for bag, label, row in zip(ids.tolist(), labels.tolist(), features, strict=True):
-            writer.writerow([bag, label, *[f"{v:.5g}" for v in row]])
-    stdout.print(f"{bags} bags, {len(ids)} instances of {dim} features -> {out}")
+    n_instances = write_mil_table(out, n_bags=bags, dim=dim, signal=signal, seed=seed)
+    stdout.print(f"{bags} bags, {n_instances} instances of {dim} features -> {out}")

@@ -7,6 +7,7 @@ reads one and CLI flags override it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,3 +102,18 @@ def load_export_config(path: Path | None) -> ExportConfig:
     if "export" not in data:
         raise ConfigError(f"{path}: no [export] table; see export/h100_h200.toml for the layout")
     return from_mapping(ExportConfig, data["export"], section="export")
+
+
+def with_size_limits(
+    cfg: ExportConfig, *, max_batch: int | None = None, max_instances: int | None = None
+) -> ExportConfig:
+    """Cap the ResNet50 batch and the MIL bag axes (TensorRT profile max; min and opt follow when larger)."""
+
+    def capped(current: DimRange, maximum: int | None) -> DimRange:
+        if maximum is None:
+            return current
+        return DimRange(min=min(current.min, maximum), opt=min(current.opt, maximum), max=maximum)
+
+    return dataclasses.replace(
+        cfg, resnet_batch=capped(cfg.resnet_batch, max_batch), mil_instances=capped(cfg.mil_instances, max_instances)
+    )

@@ -204,6 +204,15 @@ def import_external_checkpoint(path: Path, **kwargs: Any) -> MilCheckpoint:
     return import_external(path, **kwargs)
 
 
+def import_checkpoint(source: Path, out: Path, **kwargs: Any) -> MilCheckpoint:
+    """Import an external ``.pt``/``.pth`` (:func:`import_external_checkpoint` keywords) and save it at ``out``.
+
+    Returns the checkpoint with ``path`` set to the written ``.safetensors`` (its ``.json`` sits beside it).
+    """
+    ckpt = import_external_checkpoint(source, **kwargs)
+    return dataclasses.replace(ckpt, path=save_checkpoint(out, ckpt.model, ckpt.meta))
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages that shape a checkpoint."""
     import numpy
