@@ -108,3 +108,13 @@ def test_missing_slide_and_pt_without_coords_fail_cleanly(clam_files, tmp_path):
     )
     assert result.returncode == 1
     assert "--coords-dir" in result.stderr + result.stdout
+
+
+def test_convert_old_patch_size_spelling_names_the_new_flag(monkeypatch, capsys, tmp_path):
+    from helpers import run_cli
+
+    out = tmp_path / "ours.h5"
+    code, _, err = run_cli(monkeypatch, capsys, "convert", tmp_path / "x.h5", "--out", out, "--patch-size", "256")
+    assert code == 1
+    assert "--patch-size-level0 256" in err
+    assert not out.exists()

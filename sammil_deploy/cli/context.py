@@ -77,9 +77,17 @@ def convert_cmd(
     sam_info: Annotated[
         Path | None, typer.Option(help="Official sam_info/<slide>.h5, when it is separate from the features.")
     ] = None,
-    patch_size: Annotated[int, typer.Option(help="Patch side in level-0 px (official files do not record it).")] = 512,
+    patch_size_level0: Annotated[
+        int, typer.Option(help="Patch side in level-0 px (official files do not record it).")
+    ] = 512,
+    old_patch_size: Annotated[int | None, typer.Option("--patch-size", hidden=True)] = None,
 ) -> None:
     """Move feature files between our layout and the official SAM-MIL layout."""
+    from sammil_deploy.errors import ConfigError
     from sammil_deploy.features.store import convert_layout
 
-    console.print(f"wrote {convert_layout(src, out, to=to, sam_info=sam_info, patch_size_level0_px=patch_size)}")
+    if old_patch_size is not None:  # --patch-size means px at the patch level elsewhere; this side is level-0
+        raise ConfigError(f"convert: --patch-size is now --patch-size-level0 (level-0 px); pass "
+                          f"--patch-size-level0 {old_patch_size}")  # fmt: skip
+    written = convert_layout(src, out, to=to, sam_info=sam_info, patch_size_level0_px=patch_size_level0)
+    console.print(f"wrote {written}")

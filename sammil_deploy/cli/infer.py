@@ -16,7 +16,7 @@ from sammil_deploy.cli.options import (
     JsonOpt,
     NumWorkersOpt,
     OverwriteOpt,
-    PatchSizeLevel0Opt,
+    PatchSizeOpt,
     PresetOpt,
 )
 from sammil_deploy.cli.render import SECONDS, batch_progress, batch_table, exit_for, render_failures, warn
@@ -129,7 +129,7 @@ def make_bundle_cmd(
         bool, typer.Option("--allow-random-weights", help="Bundle a seeded random encoder (demo/test only).")
     ] = False,
     interpolation: InterpolationOpt = None,
-    patch_size: PatchSizeLevel0Opt = None,
+    patch_size: PatchSizeOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle folder.")] = False,
     as_json: JsonOpt = False,
 ) -> None:

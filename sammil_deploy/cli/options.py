@@ -21,4 +21,10 @@ EncoderWeightsOpt = Annotated[
     Path | None, typer.Option(help="Encoder weights: torchvision resnet50 .pth or .safetensors.")
 ]
 InterpolationOpt = Annotated[str | None, typer.Option(help="Patch resize: bicubic (SAM-MIL) or bilinear (CLAM).")]
-PatchSizeLevel0Opt = Annotated[int | None, typer.Option(help="Patch side in level-0 px (SAM-MIL: 512).")]
+# One meaning of --patch-size in every command: the patch side in px at the patch level or target mpp
+# (patch.patch_level / patch.target_mpp; level 0 unless the config says otherwise). A side that is always in
+# level-0 px is spelled --patch-size-level0.
+PatchSizeOpt = Annotated[
+    int | None,
+    typer.Option(help="Patch side in px at the config's patch level or target mpp (level 0 by default; SAM-MIL: 512)."),
+]
