@@ -43,25 +43,12 @@ def make_demo_data_cmd(
         cohort = make_demo_cohort(
             out, n_slides=n_slides, seed=seed, size_px=size_px, mpp=mpp, workers=workers, progress=on_tiles
         )
-    rows = [
-        {
-            "slide_id": s.slide_id,
-            "path": str(s.path),
-            "label": s.label,
-            "width_px": s.spec.width_px,
-            "height_px": s.spec.height_px,
-            "levels": len(s.spec.level_downsamples),
-            "mpp": s.spec.mpp,
-            "megabytes": round(s.size_bytes / 1e6, 2),
-            "seconds": round(s.seconds, 2),
-        }
-        for s in cohort.slides
-    ]
+    described = cohort.to_dict()
     if as_json:
-        print_json({"out": str(cohort.out_dir), "labels_csv": str(cohort.labels_csv), "slides": rows})
+        print_json(described)
         return
     table = Table("slide", "label", "size (px)", "levels", "MB", "seconds", title=f"make-demo-data → {out}")
-    for row in rows:
+    for row in described["slides"]:
         table.add_row(
             row["slide_id"],
             str(row["label"]),

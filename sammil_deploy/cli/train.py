@@ -86,14 +86,7 @@ def train_cmd(
             features, labels, recipe, out, splits_path=splits, on_event=_progress_events(progress)
         )
     if as_json:
-        print_json(
-            {
-                "folds": summary.folds,
-                "mean_std": summary.mean_std,
-                "checkpoints": [str(p) for p in summary.checkpoints],
-                "out_dir": str(summary.out_dir),
-            }
-        )
+        print_json(summary.to_dict())
         return
     wide_stdout(160).print(summary_table(summary.folds, summary.mean_std))
     stdout.print(f"checkpoints and summary in {summary.out_dir}")
@@ -226,17 +219,8 @@ def import_bags_cmd(
         table, bag_column=bag_column, label_column=label_column, ignore_columns=ignore or ()
     )
     done = import_bags(instances, out, overwrite=overwrite)
-    payload = {
-        "out_dir": str(done.out_dir),
-        "labels_csv": str(done.labels_csv),
-        "bags": done.n_bags,
-        "instances": done.n_instances,
-        "dim": done.dim,
-        "classes": done.class_counts,
-        "bag_size": [done.bag_size_min, done.bag_size_max],
-    }
     if as_json:
-        print_json(payload)
+        print_json(done.to_dict())
         return
     classes = ", ".join(f"{k}: {v}" for k, v in done.class_counts.items())
     stdout.print(

@@ -47,6 +47,15 @@ class CvSummary:
     out_dir: Path
     checkpoints: list[Path]
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (what ``train --json`` prints)."""
+        return {
+            "folds": self.folds,
+            "mean_std": self.mean_std,
+            "checkpoints": [str(p) for p in self.checkpoints],
+            "out_dir": str(self.out_dir),
+        }
+
 
 def train_cross_validation(
     features_dir: Path,
