@@ -83,10 +83,15 @@ def batch_table(summary: BatchSummary[Any], title: str, columns: Sequence[Column
     return table
 
 
+def render_error(message: object) -> None:
+    """A red ``error:`` line on stderr, unwrapped (so a path in it can be copied whole)."""
+    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+
+
 def render_failures(summary: BatchSummary[Any]) -> None:
     """One ``error:`` line per failed slide (its detail names the slide and the fix)."""
     for record in summary.failed:
-        console.print(f"[red]error:[/red] {record.detail}", markup=True, highlight=False, soft_wrap=True)
+        render_error(record.detail)
 
 
 def exit_for(summary: BatchSummary[Any]) -> NoReturn:
