@@ -118,3 +118,13 @@ def test_convert_old_patch_size_spelling_names_the_new_flag(monkeypatch, capsys,
     assert code == 1
     assert "--patch-size-level0 256" in err
     assert not out.exists()
+
+
+def test_unknown_layout_is_refused_before_any_file_is_read(tmp_path):
+    from sammil_deploy.errors import ConfigError
+    from sammil_deploy.pipeline.add_context import add_context_files
+    from sammil_deploy.segment import SegmentConfig
+
+    with pytest.raises(ConfigError, match="'sammil' or 'official'"):
+        add_context_files([tmp_path / "missing.h5"], tmp_path, tmp_path / "out", SegmentConfig(), layout="clam")  # type: ignore[arg-type]
+    assert not (tmp_path / "out").exists()

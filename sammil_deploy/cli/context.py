@@ -37,13 +37,10 @@ def add_context_cmd(
 ) -> None:
     """Add SAM segments and group features to feature files extracted elsewhere, without re-extracting."""
     from sammil_deploy.config import apply_overrides
-    from sammil_deploy.errors import ConfigError
     from sammil_deploy.pipeline.add_context import add_context_files, find_feature_files
     from sammil_deploy.segment import SegmentConfig
     from sammil_deploy.tissue import TissueConfig, tissue_preset
 
-    if layout not in ("sammil", "official"):
-        raise ConfigError(f"--layout must be 'sammil' or 'official', got {layout!r}")
     cfg = apply_overrides(
         SegmentConfig(),
         {"sam_checkpoint": sam_checkpoint, "sam_model": sam_model, "segmenter": segmenter, "membership": membership},
