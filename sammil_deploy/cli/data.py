@@ -10,6 +10,7 @@ from rich.table import Table
 
 from sammil_deploy.cli.app import app, console, print_json
 from sammil_deploy.cli.options import JsonOpt
+from sammil_deploy.cli.render import progress_bar
 from sammil_deploy.slide.cohort import DEFAULT_N_SLIDES, DEFAULT_SIZE_PX
 
 
@@ -28,13 +29,10 @@ def make_demo_data_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Write synthetic H&E-like slides (tumour-bearing = label 1) and <out>/labels.csv for the demo."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from sammil_deploy.slide.cohort import make_demo_cohort, plan_demo_cohort
 
     plan_demo_cohort(n_slides, seed=seed, size_px=size_px, mpp=mpp)  # fail on bad arguments before the bar
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"))
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True, disable=as_json) as bar:
+    with progress_bar(percent=True, enabled=not as_json) as bar:
         task = bar.add_task("make-demo-data", total=n_slides)
 
         def on_tiles(index: int, slide_id: str, done: int, total: int) -> None:

@@ -50,6 +50,23 @@ class BatchProgress:
             self.bar.update(self.current, description=description, completed=done, total=total)
 
 
+def progress_bar(
+    *, percent: bool = False, status: bool = False, transient: bool = True, enabled: bool = True
+) -> Progress:
+    """The toolkit's progress bar on stderr; a disabled one draws nothing (``--json``).
+
+    Columns: description, bar, done/total (or ``percent``), elapsed time, and with ``status`` the task's
+    ``status`` field (``bar.add_task(..., status="")``).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    counter = TextColumn("{task.percentage:>3.0f}%") if percent else MofNCompleteColumn()
+    columns = [TextColumn("{task.description}"), BarColumn(), counter, TimeElapsedColumn()]
+    if status:
+        columns.append(TextColumn("{task.fields[status]}"))
+    return Progress(*columns, console=console, transient=transient, disable=not enabled)
+
+
 @contextlib.contextmanager
 def batch_progress(
     total: int, *, label: str = "slides", stages: bool = True, enabled: bool = True
@@ -58,10 +75,7 @@ def batch_progress(
 
     With ``enabled`` False (``--json``) nothing is drawn; the callbacks still work.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=not enabled) as bar:
+    with progress_bar(enabled=enabled) as bar:
         items = bar.add_task(label, total=total)
         yield BatchProgress(bar, items, bar.add_task("", total=None) if stages else None)
 

@@ -6,14 +6,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sammil_deploy.cli.app import app, console, print_json, stdout
+from sammil_deploy.cli.app import app, print_json, stdout
 from sammil_deploy.cli.options import DeviceOpt, JsonOpt
-from sammil_deploy.cli.render import wide_stdout
+from sammil_deploy.cli.render import progress_bar, wide_stdout
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from sammil_deploy.mil.events import OnTrainingEvent, TrainingEvent
 
 ThresholdOpt = Annotated[
@@ -73,15 +74,7 @@ def train_cmd(
         },
     )
     check_device(recipe.train.device, option="--device" if device is not None else "train.device")
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=console,
-        disable=as_json,
-    ) as progress:
+    with progress_bar(status=True, transient=False, enabled=not as_json) as progress:
         summary = train_cross_validation(
             features, labels, recipe, out, splits_path=splits, on_event=_progress_events(progress)
         )
