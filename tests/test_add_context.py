@@ -108,3 +108,23 @@ def test_missing_slide_and_pt_without_coords_fail_cleanly(clam_files, tmp_path):
     )
     assert result.returncode == 1
     assert "--coords-dir" in result.stderr + result.stdout
+
+
+def test_convert_old_patch_size_spelling_names_the_new_flag(monkeypatch, capsys, tmp_path):
+    from helpers import run_cli
+
+    out = tmp_path / "ours.h5"
+    code, _, err = run_cli(monkeypatch, capsys, "convert", tmp_path / "x.h5", "--out", out, "--patch-size", "256")
+    assert code == 1
+    assert "--patch-size-level0 256" in err
+    assert not out.exists()
+
+
+def test_unknown_layout_is_refused_before_any_file_is_read(tmp_path):
+    from sammil_deploy.errors import ConfigError
+    from sammil_deploy.pipeline.add_context import add_context_files
+    from sammil_deploy.segment import SegmentConfig
+
+    with pytest.raises(ConfigError, match="'sammil' or 'official'"):
+        add_context_files([tmp_path / "missing.h5"], tmp_path, tmp_path / "out", SegmentConfig(), layout="clam")  # type: ignore[arg-type]
+    assert not (tmp_path / "out").exists()

@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
-
-from sammil_deploy.cli import main
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["sammil-deploy", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
+from helpers import run_cli
 
 
 def test_export_mil_json(monkeypatch, capsys, tmp_path, tiny_mil_checkpoint):
@@ -82,3 +72,13 @@ def test_build_profiles_load_and_are_ordered():
     assert (
         configs["h100_h200"].resnet_batch.max > configs["l4"].resnet_batch.max > configs["jetson_orin"].resnet_batch.max
     )
+
+
+def test_size_limits_cap_the_profile_axes():
+    from sammil_deploy.export.config import DimRange, ExportConfig, with_size_limits
+
+    cfg = ExportConfig(resnet_batch=DimRange(1, 256, 512), mil_instances=DimRange(16, 4096, 65536))
+    capped = with_size_limits(cfg, max_batch=64, max_instances=8)
+    assert capped.resnet_batch == DimRange(1, 64, 64)
+    assert capped.mil_instances == DimRange(8, 8, 8)
+    assert with_size_limits(cfg) == cfg

@@ -4,32 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers import files_under, run_cli
 from safetensors.torch import save_file
 
-from sammil_deploy.cli import main
 from sammil_deploy.features.encoders import create_encoder
 from sammil_deploy.features.extract import ExtractConfig, extract_features
 from sammil_deploy.features.store import read_bag
 from sammil_deploy.pipeline.extract import extract_slide, load_extract_config
 from sammil_deploy.pipeline.feature_backend import open_feature_backend
 from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
-
-
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sammil-deploy", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
-
-
-def _files(root):
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +50,7 @@ def test_real_slide_bag_is_consistent(tmp_path, real_slide_path, encoder):
         "features.batch_size": 4, "segment.segmenter": "fallback",
     })  # fmt: skip
     result = extract_slide(real_slide_path, cfg, tmp_path, encoder=encoder)
-    assert _files(tmp_path) == ["features/CMU-1-Small-Region.h5", "segments/CMU-1-Small-Region.npz"]
+    assert files_under(tmp_path) == ["features/CMU-1-Small-Region.h5", "segments/CMU-1-Small-Region.npz"]
     bag = read_bag(result.features_path)
     ctx = bag.require_context()
     assert bag.n_patches == result.n_patches > 0
@@ -123,7 +110,7 @@ def test_cli_cohort_resumes_and_records_failures(monkeypatch, capsys, tmp_path, 
     assert "syn_0.svs" in err
     assert "broken.svs" in err
     assert "not a slide format" in err
-    assert _files(out) == ["features/syn_0.h5", "features/syn_1.h5", "segments/syn_0.npz", "segments/syn_1.npz"]
+    assert files_under(out) == ["features/syn_0.h5", "features/syn_1.h5", "segments/syn_0.npz", "segments/syn_1.npz"]
     sha = hashlib.sha256(weights_file.read_bytes()).hexdigest()
     for name in ("syn_0", "syn_1"):
         bag = read_bag(out / "features" / f"{name}.h5")

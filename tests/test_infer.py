@@ -405,3 +405,12 @@ def test_ray_local_cluster_gives_the_same_outputs(bundle_dir, small_slides, coho
     )
     assert [r.status for r in summary.records] == ["done", "done"]
     _same_outputs(cohort_full, tmp_path, slides)
+
+
+def test_ray_placement_follows_the_flags():
+    from sammil_deploy.pipeline.executors import RayPlacement, ray_placement
+
+    assert ray_placement(False) is None
+    assert ray_placement(True, "auto", 3) == RayPlacement(address="auto", workers=3)
+    with pytest.raises(ConfigError, match="need --ray"):
+        ray_placement(False, workers=2)

@@ -197,3 +197,28 @@ def test_cli_train_evaluate_import_on_hdf5_files(tmp_path, cohort):
     assert proc.returncode == 1
     assert "expects 1024-dim features" in proc.stderr
     assert not (tmp_path / "eval2").exists()
+
+
+def test_cross_validation_emits_typed_events_per_fold(tmp_path, cohort):
+    from sammil_deploy.mil.events import EpochEnd, FoldEnd, FoldStart
+    from sammil_deploy.mil.run import train_cross_validation
+
+    bags, y = cohort
+    bags, y = bags[:24], y[:24]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("slide_id,label\n" + "".join(f"{b.slide_id},{label}\n" for b, label in zip(bags, y, strict=True)))
+    overrides = {**FAST, "train.epochs": 3, "train.selection": "validation", "data.folds": 2, "data.val_fraction": 0.25}
+    recipe = load_recipe(preset="abmil", overrides=overrides)
+    events = []
+    summary = train_cross_validation(tmp_path, labels, recipe, tmp_path / "run", on_event=events.append, bags=bags)
+
+    assert [type(e) for e in events] == [FoldStart, EpochEnd, EpochEnd, EpochEnd, FoldEnd] * 2
+    starts = [e for e in events if isinstance(e, FoldStart)]
+    ends = [e for e in events if isinstance(e, FoldEnd)]
+    assert [e.fold for e in starts] == [e.fold for e in ends] == [f["fold"] for f in summary.folds]
+    assert all(s.n_train + s.n_val + s.n_test == 24 and s.epochs == 3 for s in starts)
+    assert [e.metrics for e in ends] == summary.folds
+    assert all(e.epochs_run == 3 and 0 <= e.best_epoch < 3 for e in ends)
+    epochs = [e for e in events if isinstance(e, EpochEnd)]
+    assert [e.record.epoch for e in epochs] == [0, 1, 2, 0, 1, 2]
+    assert [e.fold for e in epochs] == [starts[0].fold] * 3 + [starts[1].fold] * 3

@@ -11,13 +11,13 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import write_small_slides
+from helpers import files_under, run_cli
 
 from sammil_deploy import io_atomic
 from sammil_deploy.errors import OutputError, SammilError, SlideError
@@ -67,10 +67,6 @@ def _inject(monkeypatch, code: int, *, after: int = 0) -> None:
     monkeypatch.setattr(io_atomic, "_commit", failing)
 
 
-def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-
-
 # --- the helper itself ----------------------------------------------------------------------------------------------
 
 
@@ -111,13 +107,13 @@ def test_every_writer_on_a_full_disk_raises_output_error_and_leaves_nothing(full
     assert "ENOSPC" in message
     assert "\n" not in message
     assert info.value.exit_code == OUTPUT_ERROR_EXIT
-    assert _files(full_disk) == []  # neither the file nor its .partial
+    assert files_under(full_disk) == []  # neither the file nor its .partial
 
 
 def test_a_small_file_still_fits_on_that_disk(full_disk):
     path = write_json(full_disk / "small.json", {"a": 1})
     assert path.read_text() == '{\n  "a": 1\n}\n'
-    assert _files(full_disk) == ["small.json"]
+    assert files_under(full_disk) == ["small.json"]
 
 
 def test_read_only_file_system_names_the_folder(read_only):
@@ -142,7 +138,7 @@ def test_injected_errno_at_the_rename(tmp_path, monkeypatch, code, words):
     _inject(monkeypatch, code)
     with pytest.raises(OutputError, match=words):
         io_atomic.write_text(tmp_path / "a.txt", "hello")
-    assert _files(tmp_path) == []
+    assert files_under(tmp_path) == []
 
 
 def test_other_failures_are_not_output_errors_and_leave_no_partial(tmp_path):
@@ -159,7 +155,7 @@ def test_other_failures_are_not_output_errors_and_leave_no_partial(tmp_path):
         half_then_bug(tmp_path / "a.bin")
     with pytest.raises(FileNotFoundError):  # a missing *input* is not an output fault
         copy_missing_input(tmp_path / "b.bin")
-    assert _files(tmp_path) == []
+    assert files_under(tmp_path) == []
 
 
 # --- the batch loop: stop on an output fault, keep what finished, resume -------------------------------------------
@@ -181,7 +177,7 @@ def test_batch_stops_on_output_error_keeps_finished_and_resumes(tmp_path, monkey
     with pytest.raises(OutputError, match="no space left"):
         run_batch(slides, process, lambda s: out / f"{s.stem}.json")
     assert seen == ["s0", "s1", "s2"]  # s3 was not attempted: it could not be written either
-    assert _files(out) == ["s0.json"]  # no partial, no lock left behind
+    assert files_under(out) == ["s0.json"]  # no partial, no lock left behind
     monkeypatch.setattr(io_atomic, "_commit", os.replace)
     summary = run_batch(slides, process, lambda s: out / f"{s.stem}.json")
     assert [r.status for r in summary.records] == ["skipped", "failed", "done", "done"]
@@ -190,14 +186,9 @@ def test_batch_stops_on_output_error_keeps_finished_and_resumes(tmp_path, monkey
 # --- every writing command: exit code 3 and one line --------------------------------------------------------------
 
 
-def _cli(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
-    from sammil_deploy.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["sammil-deploy", *args])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out + captured.err
+def _cli_text(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    return code, out + err
 
 
 @pytest.fixture(scope="module")
@@ -248,23 +239,23 @@ def command_inputs(fault_slide, random_resnet_weights, feature_folder, random_to
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_writing_command_on_a_read_only_folder(read_only, monkeypatch, capsys, command, command_inputs):
-    code, text = _cli(monkeypatch, capsys, _command(command, read_only / "run", command_inputs))
+    code, text = _cli_text(monkeypatch, capsys, _command(command, read_only / "run", command_inputs))
     assert code == OUTPUT_ERROR_EXIT, text
     assert "Traceback" not in text
     assert "read-only file system" in text
     assert str(read_only) in text
-    assert _files(read_only) == []
+    assert files_under(read_only) == []
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_writing_command_on_a_full_disk(tmp_path, monkeypatch, capsys, command, command_inputs):
     _inject(monkeypatch, errno.ENOSPC)
     out = tmp_path / f"run_{uuid.uuid4().hex[:6]}"
-    code, text = _cli(monkeypatch, capsys, _command(command, out, command_inputs))
+    code, text = _cli_text(monkeypatch, capsys, _command(command, out, command_inputs))
     assert code == OUTPUT_ERROR_EXIT, text
     assert "Traceback" not in text
     assert "no space left" in text
-    assert not [f for f in _files(tmp_path) if f.endswith(".partial") or f.endswith(".lock")]
+    assert not [f for f in files_under(tmp_path) if f.endswith(".partial") or f.endswith(".lock")]
 
 
 def test_infer_cohort_on_a_real_full_disk_stops_and_resumes(tmp_path, monkeypatch, capsys, command_inputs):
@@ -280,14 +271,14 @@ def test_infer_cohort_on_a_real_full_disk_stops_and_resumes(tmp_path, monkeypatc
         ballast.write_bytes(b"\0" * (4 * 2**20 - 1600 * 2**10))
         args = ["infer", str(slides), "--bundle", str(command_inputs["bundle"]), "--out", str(small / "run"),
                 "--backend", "torch", "--device", "cpu", "--num-workers", "0"]  # fmt: skip
-        code, text = _cli(monkeypatch, capsys, args)
+        code, text = _cli_text(monkeypatch, capsys, args)
         assert code == OUTPUT_ERROR_EXIT, text
         assert "no space left" in text
         assert "Traceback" not in text
-        assert not [f for f in _files(small) if f.endswith((".partial", ".lock"))]
+        assert not [f for f in files_under(small) if f.endswith((".partial", ".lock"))]
         assert sorted(p.name for p in (small / "run" / "reports").iterdir()) == ["a.json"]  # finished: kept
         ballast.unlink()
-        code, text = _cli(monkeypatch, capsys, args)
+        code, text = _cli_text(monkeypatch, capsys, args)
         assert code == 0, text
         assert sorted(p.name for p in (small / "run" / "reports").iterdir()) == ["a.json", "b.json"]
     finally:

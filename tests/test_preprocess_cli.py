@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
+from helpers import files_under, run_cli
 from PIL import Image
 
-from sammil_deploy.cli import main
 from sammil_deploy.errors import ConfigError, SlideError
 from sammil_deploy.patching import read_coords_h5
 from sammil_deploy.pipeline.batch import run_batch
 from sammil_deploy.pipeline.preprocess import PreprocessConfig, load_preprocess_config, preprocess_slides
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sammil-deploy", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
-
-
-def _files(root):
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
 def test_real_slide_writes_coords_and_preview(monkeypatch, capsys, tmp_path, real_slide_path):
@@ -38,7 +25,7 @@ def test_real_slide_writes_coords_and_preview(monkeypatch, capsys, tmp_path, rea
     assert payload["done"] == 1
     assert payload["all_succeeded"]
     result = payload["slides"][0]["result"]
-    assert _files(out) == ["patches/CMU-1-Small-Region.h5", "previews/CMU-1-Small-Region.png"]
+    assert files_under(out) == ["patches/CMU-1-Small-Region.h5", "previews/CMU-1-Small-Region.png"]
     coords = read_coords_h5(out / "patches/CMU-1-Small-Region.h5")
     assert len(coords.grid) == result["n_patches"] > 0
     assert coords.attrs["mpp"] == pytest.approx(0.499)
@@ -120,7 +107,7 @@ def test_bad_inputs_fail_with_one_line_and_leave_nothing(monkeypatch, capsys, tm
         assert lines[0].startswith("error:"), err
         assert message in lines[0], err
         assert stdout == ""
-        assert _files(out) == [], slide
+        assert files_under(out) == [], slide
 
 
 def test_folder_continues_past_failures_and_resumes(monkeypatch, capsys, tmp_path, annulus_slide):
@@ -137,7 +124,7 @@ def test_folder_continues_past_failures_and_resumes(monkeypatch, capsys, tmp_pat
     failed = next(s for s in payload["slides"] if s["status"] == "failed")
     assert failed["error_type"] == "UnsupportedSlideError"
     assert failed["slide"].endswith("fake.svs")
-    assert _files(out) == ["patches/good.h5", "previews/good.png"]
+    assert files_under(out) == ["patches/good.h5", "previews/good.png"]
     before = (out / "patches/good.h5").stat().st_mtime_ns
     code, stdout, _ = run_cli(monkeypatch, capsys, "preprocess", slides / "good.tif", "--out", out, "--json")
     assert code == 0

@@ -17,7 +17,8 @@ from sammil_deploy.cli import (
     report,  # noqa: F401  (report: the cohort page)
     train,  # noqa: F401  (train, evaluate, import-checkpoint)
 )
-from sammil_deploy.cli.app import State, app, console
+from sammil_deploy.cli.app import State, app
+from sammil_deploy.cli.render import render_error
 from sammil_deploy.errors import SammilError
 
 __all__ = ["app", "main"]
@@ -39,5 +40,5 @@ def main() -> None:
         error = err if isinstance(err, SammilError) else output_error(err, None)
         if error is None or State.debug:
             raise
-        console.print(f"[red]error:[/red] {error}", markup=True, highlight=False, soft_wrap=True)
+        render_error(error)
         sys.exit(error.exit_code)

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from sammil_deploy.cli.app import app, console, print_json, stdout
+from sammil_deploy.cli.app import app, console, print_json
+from sammil_deploy.cli.render import paths_line, wide_stdout
 
 TABLE_WIDTH = 160
 
@@ -70,12 +70,9 @@ def benchmark_cmd(
     if as_json:
         print_json(report.to_dict())
         return
-    # A piped stdout reports 80 columns, too narrow for the table: render it wider there (a terminal keeps its own).
-    out_console = stdout if stdout.is_terminal else Console(width=TABLE_WIDTH)
+    out_console = wide_stdout(TABLE_WIDTH)
     out_console.print(render_table(report))
     ratios = render_ratios(report)
     if ratios is not None:
         out_console.print(ratios)
-    written = [str(p) for p in (out, markdown) if p is not None]
-    if written:
-        console.print(f"results written to {', '.join(written)}", highlight=False)
+    paths_line("results written to", out, markdown)

@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 
 from sammil_deploy.cli.app import app, console, print_json
+from sammil_deploy.cli.options import JsonOpt, MppOpt, OverwriteOpt
+from sammil_deploy.cli.render import exit_for
 
 
 @app.command("add-context")
@@ -22,7 +24,7 @@ def add_context_cmd(
     sam_checkpoint: Annotated[Path | None, typer.Option(help="Local SAM .pth (segment-anything).")] = None,
     sam_model: Annotated[str | None, typer.Option(help="vit_h, vit_l, vit_b or auto.")] = None,
     membership: Annotated[str | None, typer.Option(help="footprint (default) or official (corner window).")] = None,
-    mpp: Annotated[float | None, typer.Option(help="Microns per level-0 pixel, if the slides have none.")] = None,
+    mpp: MppOpt = None,
     preset: Annotated[
         str | None,
         typer.Option(
@@ -30,18 +32,15 @@ def add_context_cmd(
             "image as extract/infer do. Our own feature files use the settings they recorded."
         ),
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Redo files whose output exists.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary on stdout.")] = False,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Add SAM segments and group features to feature files extracted elsewhere, without re-extracting."""
     from sammil_deploy.config import apply_overrides
-    from sammil_deploy.errors import ConfigError
     from sammil_deploy.pipeline.add_context import add_context_files, find_feature_files
     from sammil_deploy.segment import SegmentConfig
     from sammil_deploy.tissue import TissueConfig, tissue_preset
 
-    if layout not in ("sammil", "official"):
-        raise ConfigError(f"--layout must be 'sammil' or 'official', got {layout!r}")
     cfg = apply_overrides(
         SegmentConfig(),
         {"sam_checkpoint": sam_checkpoint, "sam_model": sam_model, "segmenter": segmenter, "membership": membership},
@@ -64,7 +63,7 @@ def add_context_cmd(
                 ctx.segmenter if ctx else (record.detail or ""),
             )  # fmt: skip
         console.print(table)
-    raise typer.Exit(code=0 if summary.all_succeeded else 1)
+    exit_for(summary)
 
 
 @app.command("convert")
@@ -75,16 +74,17 @@ def convert_cmd(
     sam_info: Annotated[
         Path | None, typer.Option(help="Official sam_info/<slide>.h5, when it is separate from the features.")
     ] = None,
-    patch_size: Annotated[int, typer.Option(help="Patch side in level-0 px (official files do not record it).")] = 512,
+    patch_size_level0: Annotated[
+        int, typer.Option(help="Patch side in level-0 px (official files do not record it).")
+    ] = 512,
+    old_patch_size: Annotated[int | None, typer.Option("--patch-size", hidden=True)] = None,
 ) -> None:
     """Move feature files between our layout and the official SAM-MIL layout."""
     from sammil_deploy.errors import ConfigError
-    from sammil_deploy.features.store import read_bag, read_official, write_bag, write_official
+    from sammil_deploy.features.store import convert_layout
 
-    if to == "official":
-        write_official(out, read_bag(src))
-    elif to == "sammil":
-        write_bag(out, read_official(src, sam_info, patch_size_level0_px=patch_size))
-    else:
-        raise ConfigError(f"--to must be 'official' or 'sammil', got {to!r}")
-    console.print(f"wrote {out}")
+    if old_patch_size is not None:  # --patch-size means px at the patch level elsewhere; this side is level-0
+        raise ConfigError(f"convert: --patch-size is now --patch-size-level0 (level-0 px); pass "
+                          f"--patch-size-level0 {old_patch_size}")  # fmt: skip
+    written = convert_layout(src, out, to=to, sam_info=sam_info, patch_size_level0_px=patch_size_level0)
+    console.print(f"wrote {written}")

@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 
 from sammil_deploy.cli.app import app, console, print_json
+from sammil_deploy.cli.options import JsonOpt
+from sammil_deploy.cli.render import progress_bar
 from sammil_deploy.slide.cohort import DEFAULT_N_SLIDES, DEFAULT_SIZE_PX
 
 
@@ -24,16 +26,13 @@ def make_demo_data_cmd(
     ),
     mpp: Annotated[float, typer.Option(help="Microns per level-0 pixel (0.25 ~ 40x).")] = 0.25,
     workers: Annotated[int | None, typer.Option(help="Threads per slide (default: CPU count, at most 8).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary on stdout.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write synthetic H&E-like slides (tumour-bearing = label 1) and <out>/labels.csv for the demo."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from sammil_deploy.slide.cohort import make_demo_cohort, plan_demo_cohort
 
     plan_demo_cohort(n_slides, seed=seed, size_px=size_px, mpp=mpp)  # fail on bad arguments before the bar
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"))
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True, disable=as_json) as bar:
+    with progress_bar(percent=True, enabled=not as_json) as bar:
         task = bar.add_task("make-demo-data", total=n_slides)
 
         def on_tiles(index: int, slide_id: str, done: int, total: int) -> None:
@@ -42,25 +41,12 @@ def make_demo_data_cmd(
         cohort = make_demo_cohort(
             out, n_slides=n_slides, seed=seed, size_px=size_px, mpp=mpp, workers=workers, progress=on_tiles
         )
-    rows = [
-        {
-            "slide_id": s.slide_id,
-            "path": str(s.path),
-            "label": s.label,
-            "width_px": s.spec.width_px,
-            "height_px": s.spec.height_px,
-            "levels": len(s.spec.level_downsamples),
-            "mpp": s.spec.mpp,
-            "megabytes": round(s.size_bytes / 1e6, 2),
-            "seconds": round(s.seconds, 2),
-        }
-        for s in cohort.slides
-    ]
+    described = cohort.to_dict()
     if as_json:
-        print_json({"out": str(cohort.out_dir), "labels_csv": str(cohort.labels_csv), "slides": rows})
+        print_json(described)
         return
     table = Table("slide", "label", "size (px)", "levels", "MB", "seconds", title=f"make-demo-data → {out}")
-    for row in rows:
+    for row in described["slides"]:
         table.add_row(
             row["slide_id"],
             str(row["label"]),

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from sammil_deploy.cli.app import app, console, print_json, stdout
+from sammil_deploy.cli.app import app, console, print_json
+from sammil_deploy.cli.options import JsonOpt
+from sammil_deploy.cli.render import wide_stdout
 
 TABLE_WIDTH = 140
 
@@ -27,7 +28,7 @@ def demo_cmd(
             "it into the bundle and run the SAM chain in infer (ONNX Runtime). Use a fresh --out folder.",
         ),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary on stdout.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Make data, extract, train SAM-MIL and AB-MIL, export ONNX, infer held-out slides, benchmark; show where."""
     from sammil_deploy.demo import DemoConfig, run_demo
@@ -59,8 +60,7 @@ def demo_cmd(
         table.add_row(
             stage.name, stage.status, f"{stage.seconds:.1f}", "\n".join(f"{k}: {v}" for k, v in stage.artifacts.items())
         )
-    # A piped stdout reports 80 columns, too narrow for the paths: render wider there (a terminal keeps its own).
-    out = stdout if stdout.is_terminal else Console(width=TABLE_WIDTH)
+    out = wide_stdout(TABLE_WIDTH)
     out.print(table)
     m = result.metrics
     auc = {k: m.get(f"{k}_cv_test_auc") or {} for k in ("sammil", "abmil")}

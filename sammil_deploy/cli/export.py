@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from sammil_deploy.cli.app import app, console, print_json, stdout
+from sammil_deploy.cli.options import JsonOpt
 
 
 @app.command("export")
@@ -35,20 +36,15 @@ def export_cmd(
     calibration_slide: Annotated[
         list[Path] | None, typer.Option(help="Slide(s) for INT8 calibration patches (repeatable).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report on stdout.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Export the networks to ONNX (and TensorRT), checking each against PyTorch; exit 1 on a parity failure."""
-    import dataclasses
-
     from sammil_deploy.config import apply_overrides
     from sammil_deploy.export.api import export_all
-    from sammil_deploy.export.config import load_export_config
+    from sammil_deploy.export.config import load_export_config, with_size_limits
 
     cfg = apply_overrides(load_export_config(profile), {"precision": precision})
-    if max_batch is not None:
-        cfg = dataclasses.replace(cfg, resnet_batch=_capped(cfg.resnet_batch, max_batch))
-    if max_instances is not None:
-        cfg = dataclasses.replace(cfg, mil_instances=_capped(cfg.mil_instances, max_instances))
+    cfg = with_size_limits(cfg, max_batch=max_batch, max_instances=max_instances)
     with console.status("exporting") as status:
         report = export_all(
             checkpoint, sam_checkpoint, sam_model, encoder_weights, out, cfg,
@@ -62,12 +58,6 @@ def export_cmd(
     for failure in report.failures():
         console.print(failure, highlight=False)
     raise typer.Exit(code=0 if report.passed else 1)
-
-
-def _capped(current, maximum: int):  # noqa: ANN001, ANN202  (DimRange; kept import-free for --help speed)
-    from sammil_deploy.export.config import DimRange
-
-    return DimRange(min=min(current.min, maximum), opt=min(current.opt, maximum), max=maximum)
 
 
 def _render(report) -> None:  # noqa: ANN001

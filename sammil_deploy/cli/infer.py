@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,19 +9,42 @@ import typer
 from rich.table import Table
 
 from sammil_deploy.cli.app import app, console, print_json
-from sammil_deploy.errors import ConfigError
+from sammil_deploy.cli.options import (
+    BatchSizeOpt,
+    DeviceOpt,
+    InterpolationOpt,
+    JsonOpt,
+    NumWorkersOpt,
+    OverwriteOpt,
+    PatchSizeOpt,
+    PresetOpt,
+)
+from sammil_deploy.cli.render import SECONDS, batch_progress, batch_table, exit_for, render_failures, warn
 from sammil_deploy.runtime.factory import BACKEND_KINDS
 
 if TYPE_CHECKING:
     from sammil_deploy.pipeline.batch import BatchSummary
     from sammil_deploy.pipeline.infer import SlideResult
 
-_STATUS = {
-    "done": "[green]done[/green]",
-    "skipped": "skipped (exists)",
-    "locked": "[yellow]locked (other run)[/yellow]",
-    "failed": "[red]failed[/red]",
-}
+PrecisionOpt = Annotated[
+    str | None, typer.Option(help="torch: fp32/bf16/fp16 autocast; exported backends: artifact precision.")
+]
+SaveFeaturesOpt = Annotated[
+    bool, typer.Option("--save-features", help="Also write features/<id>.h5 (the extract format).")
+]
+ThresholdOpt = Annotated[
+    str | None, typer.Option(help="Binary decision: youden (the bundle's, chosen at training), 0.5, or a probability.")
+]
+ContinueOpt = Annotated[
+    bool, typer.Option("--continue-on-error/--stop-on-error", help="Record a failing slide and go on.")
+]
+RayOpt = Annotated[
+    bool, typer.Option("--ray", help="Distribute slides with Ray (needs the 'ray' extra); see --ray-address.")
+]
+RayAddressOpt = Annotated[
+    str | None, typer.Option(help="Ray cluster to attach to (auto, ray://host:10001); default: start a local one.")
+]
+RayWorkersOpt = Annotated[int | None, typer.Option(help="Ray actors (default: one per GPU, or 1).")]
 
 
 @app.command("infer")
@@ -31,119 +53,64 @@ def infer_cmd(
     bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder (sammil-deploy make-bundle).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/infer"),
     backend: Annotated[str | None, typer.Option(help=f"{', '.join(BACKEND_KINDS)}.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="torch: fp32/bf16/fp16 autocast; exported backends: artifact precision.")
-    ] = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     config: Annotated[Path | None, typer.Option(help="TOML with an \\[infer] table (see InferConfig).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Patches per encoder call.")] = None,
-    num_workers: Annotated[int | None, typer.Option(help="Patch-reader processes (0: read in this process).")] = None,
-    save_features: Annotated[
-        bool, typer.Option("--save-features", help="Also write features/<id>.h5 (the extract format).")
-    ] = False,
-    threshold: Annotated[
-        str | None,
-        typer.Option(help="Binary decision: youden (the bundle's, chosen at training), 0.5, or a probability."),
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Redo slides whose report exists.")] = False,
-    continue_on_error: Annotated[
-        bool, typer.Option("--continue-on-error/--stop-on-error", help="Record a failing slide and go on.")
-    ] = True,
-    ray: Annotated[
-        bool, typer.Option("--ray", help="Distribute slides with Ray (needs the 'ray' extra); see --ray-address.")
-    ] = False,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(help="Ray cluster to attach to (auto, ray://host:10001); default: start a local one."),
-    ] = None,
-    ray_workers: Annotated[int | None, typer.Option(help="Ray actors (default: one per GPU, or 1).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable summary on stdout.")] = False,
+    batch_size: BatchSizeOpt = None,
+    num_workers: NumWorkersOpt = None,
+    save_features: SaveFeaturesOpt = False,
+    threshold: ThresholdOpt = None,
+    overwrite: OverwriteOpt = False,
+    continue_on_error: ContinueOpt = True,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    ray_workers: RayWorkersOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Classify slides end to end; write reports/, heatmaps/, geojson/ and summary.csv (resumes finished slides)."""
     from sammil_deploy.bundle import load_bundle
-    from sammil_deploy.pipeline.infer import collect_slides, load_infer_config, run_slides
+    from sammil_deploy.pipeline.executors import infer_cohort, ray_placement
+    from sammil_deploy.pipeline.infer import collect_slides, load_infer_config
     from sammil_deploy.runtime.devices import check_device
 
-    cfg = load_infer_config(
-        config,
-        overrides={
-            "backend": backend,
-            "device": device,
-            "precision": precision,
-            "batch_size": batch_size,
-            "num_workers": num_workers,
-            "save_features": save_features or None,
-            "threshold": threshold,
-        },
-    )
+    overrides = {
+        "backend": backend, "device": device, "precision": precision, "batch_size": batch_size,
+        "num_workers": num_workers, "save_features": save_features or None, "threshold": threshold,
+    }  # fmt: skip
+    cfg = load_infer_config(config, overrides=overrides)
     check_device(cfg.device)
     paths = collect_slides(slides)
     loaded = load_bundle(bundle)
     if loaded.encoder.get("random_weights"):
-        console.print("[yellow]warning:[/yellow] the bundle's encoder has RANDOM weights (demo bundle): its "
-                      "predictions are meaningless", highlight=False)  # fmt: skip
-
-    def run(on_record: Callable | None, progress: Callable | None) -> BatchSummary[SlideResult]:
-        if not ray:
-            if ray_address is not None or ray_workers is not None:
-                raise ConfigError("--ray-address and --ray-workers need --ray")
-            return run_slides(
-                paths, loaded, cfg, out, overwrite=overwrite, continue_on_error=continue_on_error,
-                on_record=on_record, progress=progress,
-            )  # fmt: skip
-        from sammil_deploy.pipeline.distributed import run_slides_ray
-
-        # Ray actors report per slide (no per-stage progress crosses the cluster).
-        return run_slides_ray(
-            paths, bundle, cfg, out, address=ray_address, workers=ray_workers,
-            overwrite=overwrite, continue_on_error=continue_on_error, on_record=on_record,
+        warn("the bundle's encoder has RANDOM weights (demo bundle): its predictions are meaningless")
+    placement = ray_placement(ray, ray_address, ray_workers)
+    with batch_progress(len(paths), enabled=not as_json) as bar:
+        summary = infer_cohort(
+            paths, bundle, cfg, out, bundle=loaded, ray=placement, overwrite=overwrite,
+            continue_on_error=continue_on_error, on_record=bar.on_record,
+            progress=lambda slide, stage, done, total: bar.stage(f"{slide.name}: {stage}", done, total),
         )  # fmt: skip
-
     if as_json:
-        summary = run(None, None)
         print_json({"out": str(out), "report": str(out / "report.html"), **summary.to_dict()})
-        raise typer.Exit(code=0 if summary.all_succeeded else 1)
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        slides_task = bar.add_task("slides", total=len(paths))
-        stage_task = bar.add_task("", total=None)
-
-        def on_stage(slide: Path, stage: str, done: int, total: int) -> None:
-            bar.update(stage_task, description=f"{slide.name}: {stage}", completed=done, total=total)
-
-        summary = run(lambda _r: bar.advance(slides_task), on_stage)
-    render_summary(summary, out, loaded.class_names)
-    raise typer.Exit(code=0 if summary.all_succeeded else 1)
+    else:
+        render_summary(summary, out, loaded.class_names)
+    exit_for(summary)
 
 
 def render_summary(summary: BatchSummary[SlideResult], out: Path, class_names: tuple[str, ...]) -> None:
     """Per-slide table (label, probability, patches, segments, time) on stderr, then one line per failure."""
     positive = class_names[-1]
-    table = Table(
-        "slide", "status", "label", f"P({positive})", "patches", "segments", "seconds", "patches/s",
-        title=f"infer → {out}",
-    )  # fmt: skip
-    for record in summary.records:
-        r = record.result
-        rep = r.report if r is not None else None
-        table.add_row(
-            record.slide.name,
-            _STATUS[record.status],
-            "" if rep is None else rep["prediction"]["label"],
-            "" if rep is None else f"{rep['prediction']['probabilities'][positive]:.4f}",
-            "" if rep is None else str(rep["counts"]["patches"]),
-            "" if rep is None else str(rep["counts"]["segments"]),
-            f"{record.seconds:.2f}",
-            "" if rep is None else f"{rep['patches_per_s']['end_to_end'] or 0:.1f}",
-        )
-    console.print(table)
+    console.print(batch_table(summary, f"infer → {out}", [
+        ("label", lambda r: r.report["prediction"]["label"]),
+        (f"P({positive})", lambda r: f"{r.report['prediction']['probabilities'][positive]:.4f}"),
+        ("patches", lambda r: str(r.report["counts"]["patches"])),
+        ("segments", lambda r: str(r.report["counts"]["segments"])),
+        ("seconds", SECONDS),
+        ("patches/s", lambda r: f"{r.report['patches_per_s']['end_to_end'] or 0:.1f}"),
+    ]))  # fmt: skip
     console.print(f"summary: {out / 'summary.csv'}", highlight=False)
     console.print(f"report: {out / 'report.html'}", highlight=False)
-    for record in summary.failed:
-        console.print(f"[red]error:[/red] {record.detail}", highlight=False, soft_wrap=True)
+    render_failures(summary)
 
 
 @app.command("make-bundle")
@@ -154,7 +121,7 @@ def make_bundle_cmd(
         Path | None, typer.Option(help="Output folder of `sammil-deploy export` (ONNX/plans); omit for torch only.")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="The extract TOML the training features were made with.")] = None,
-    preset: Annotated[str | None, typer.Option(help="CLAM tissue preset: bwh_biopsy, tcga or bwh_resection.")] = None,
+    preset: PresetOpt = None,
     segmenter: Annotated[str | None, typer.Option(help="auto, sam or fallback.")] = None,
     sam_checkpoint: Annotated[Path | None, typer.Option(help="SAM .pth to bundle (segmenter sam).")] = None,
     sam_model: Annotated[str | None, typer.Option(help="vit_h, vit_l, vit_b, tiny or auto.")] = None,
@@ -162,10 +129,10 @@ def make_bundle_cmd(
     allow_random_weights: Annotated[
         bool, typer.Option("--allow-random-weights", help="Bundle a seeded random encoder (demo/test only).")
     ] = False,
-    interpolation: Annotated[str | None, typer.Option(help="Patch resize: bicubic or bilinear.")] = None,
-    patch_size: Annotated[int | None, typer.Option(help="Patch side in level-0 px (SAM-MIL: 512).")] = None,
+    interpolation: InterpolationOpt = None,
+    patch_size: PatchSizeOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle folder.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable description on stdout.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Assemble a checked inference bundle: MIL checkpoint, encoder, SAM, exported parts, preprocessing."""
     from sammil_deploy.bundle import make_bundle

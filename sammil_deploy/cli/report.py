@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from sammil_deploy.cli.app import app, print_json, stdout
+from sammil_deploy.cli.options import JsonOpt
 
 
 @app.command("report")
@@ -16,7 +17,7 @@ def report_cmd(
     screenshot: Annotated[
         Path | None, typer.Option(help="Also save a PNG of the page, rendered by a local headless Chromium.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write RUN_DIR/report.html: settings, per-slide table, heatmaps, segments, top patches, stage times."""
     from sammil_deploy.viz.cohort_report import write_cohort_report

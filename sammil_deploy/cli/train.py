@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sammil_deploy.cli.app import app, console, print_json, stdout
+from sammil_deploy.cli.app import app, print_json, stdout
+from sammil_deploy.cli.options import DeviceOpt, JsonOpt
+from sammil_deploy.cli.render import progress_bar, wide_stdout
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from sammil_deploy.mil.events import OnTrainingEvent, TrainingEvent
+
 ThresholdOpt = Annotated[
     str | None,
     typer.Option(help="Binary decision: youden (on held-out training-fold scores), 0.5, or a probability in (0, 1)."),
@@ -38,7 +42,7 @@ def train_cmd(
     objective: Annotated[str | None, typer.Option(help="paper (Eq. 13) | official (released code's loss).")] = None,
     config: Annotated[Path | None, typer.Option(help="Recipe TOML (training/*.toml); flags override it.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
+    device: DeviceOpt = None,
     seed: Annotated[int | None, typer.Option(help="Seed of training and splits.")] = None,
     threshold: ThresholdOpt = None,
     selection: Annotated[
@@ -70,64 +74,37 @@ def train_cmd(
         },
     )
     check_device(recipe.train.device, option="--device" if device is not None else "train.device")
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=console,
-        disable=as_json,
-    ) as progress:
+    with progress_bar(status=True, transient=False, enabled=not as_json) as progress:
         summary = train_cross_validation(
             features, labels, recipe, out, splits_path=splits, on_event=_progress_events(progress)
         )
     if as_json:
-        print_json(
-            {
-                "folds": summary.folds,
-                "mean_std": summary.mean_std,
-                "checkpoints": [str(p) for p in summary.checkpoints],
-                "out_dir": str(summary.out_dir),
-            }
-        )
+        print_json(summary.to_dict())
         return
-    # A piped stdout reports 80 columns, too narrow for the metric columns: render wider there.
-    wide = stdout if stdout.is_terminal else Console(width=160)
-    wide.print(summary_table(summary.folds, summary.mean_std))
+    wide_stdout(160).print(summary_table(summary.folds, summary.mean_std))
     stdout.print(f"checkpoints and summary in {summary.out_dir}")
 
 
-def _progress_events(progress: Progress) -> Any:
+def _progress_events(progress: Progress) -> OnTrainingEvent:
     """The ``on_event`` callback of training: one bar per fold, epoch losses, then the fold's test metrics."""
-    tasks: dict[str, Any] = {}
+    from sammil_deploy.mil.events import EpochEnd, FoldEnd, FoldStart
 
-    def on_event(kind: str, payload: dict[str, Any]) -> None:
-        if kind == "fold_start":
-            tasks[payload["fold"]] = progress.add_task(
-                f"{payload['fold']} ({payload['n_train']}/{payload['n_val']}/{payload['n_test']})",
-                total=payload["epochs"],
-                status="",
-            )
-        elif kind == "epoch":
-            r = payload["record"]
-            progress.update(
-                tasks[payload["fold"]],
-                advance=1,
-                status=(
-                    f"loss {r.train_loss:.4f}  val loss {r.val_loss:.4f}  val auc {r.val_auc:.4f}"
-                    + (" *" if r.improved else "")
-                ),
-            )
-        elif kind == "fold_end":
-            task = tasks[payload["fold"]]
-            progress.update(
-                task,
-                total=payload["epochs_run"],
-                completed=payload["epochs_run"],
-                status=f"test auc {payload['auc']:.4f}  acc {payload['accuracy']:.4f}  "
-                f"f1 {payload['f1']:.4f}  (best epoch {payload['best_epoch']})",
-            )
+    tasks: dict[str, TaskID] = {}
+
+    def on_event(event: TrainingEvent) -> None:
+        match event:
+            case FoldStart(fold=fold):
+                sizes = f"{event.n_train}/{event.n_val}/{event.n_test}"
+                tasks[fold] = progress.add_task(f"{fold} ({sizes})", total=event.epochs, status="")
+            case EpochEnd(fold=fold, record=r):
+                status = f"loss {r.train_loss:.4f}  val loss {r.val_loss:.4f}  val auc {r.val_auc:.4f}"
+                progress.update(tasks[fold], advance=1, status=status + (" *" if r.improved else ""))
+            case FoldEnd(fold=fold, metrics=m):
+                status = (
+                    f"test auc {m['auc']:.4f}  acc {m['accuracy']:.4f}  f1 {m['f1']:.4f}  "
+                    f"(best epoch {event.best_epoch})"
+                )
+                progress.update(tasks[fold], total=event.epochs_run, completed=event.epochs_run, status=status)
 
     return on_event
 
@@ -202,24 +179,18 @@ def import_checkpoint_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Convert a checkpoint trained with the official SAM-MIL code or CLAM into a sammil-deploy checkpoint."""
-    from sammil_deploy.mil.checkpoint import save_checkpoint
-    from sammil_deploy.mil.external import import_external_checkpoint
+    from sammil_deploy.mil.external import import_checkpoint
 
     names = tuple(c.strip() for c in class_names.split(",")) if class_names else None
-    ckpt = import_external_checkpoint(
-        source, feature_dim=feature_dim, encoder=encoder, activation=activation, class_names=names
+    ckpt = import_checkpoint(
+        source, out, feature_dim=feature_dim, encoder=encoder, activation=activation, class_names=names
     )
-    path = save_checkpoint(out, ckpt.model, ckpt.meta)
-    payload = {
-        "source": ckpt.meta.source,
-        "model": ckpt.meta.model,
-        "group_tokens": ckpt.meta.group_tokens,
-        "checkpoint": str(path),
-    }
+    meta = ckpt.meta
     if as_json:
-        print_json(payload)
+        print_json({"source": meta.source, "model": meta.model, "group_tokens": meta.group_tokens,
+                    "checkpoint": str(ckpt.path)})  # fmt: skip
         return
-    stdout.print(f"imported {ckpt.meta.source} model ({ckpt.meta.model}) -> {path}")
+    stdout.print(f"imported {meta.source} model ({meta.model}) -> {ckpt.path}")
 
 
 @app.command("import-bags")
@@ -241,17 +212,8 @@ def import_bags_cmd(
         table, bag_column=bag_column, label_column=label_column, ignore_columns=ignore or ()
     )
     done = import_bags(instances, out, overwrite=overwrite)
-    payload = {
-        "out_dir": str(done.out_dir),
-        "labels_csv": str(done.labels_csv),
-        "bags": done.n_bags,
-        "instances": done.n_instances,
-        "dim": done.dim,
-        "classes": done.class_counts,
-        "bag_size": [done.bag_size_min, done.bag_size_max],
-    }
     if as_json:
-        print_json(payload)
+        print_json(done.to_dict())
         return
     classes = ", ".join(f"{k}: {v}" for k, v in done.class_counts.items())
     stdout.print(
@@ -270,15 +232,7 @@ def make_mil_table_cmd(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Write a synthetic MUSK-shaped MIL table (bags of 2-40 instances) to try import-bags and the MIL recipe."""
-    import csv
+    from sammil_deploy.mil.synthetic import write_mil_table
 
-    from sammil_deploy.io_atomic import atomic_path
-    from sammil_deploy.mil.synthetic import classical_mil_table
-
-    ids, labels, features = classical_mil_table(n_bags=bags, dim=dim, signal=signal, seed=seed)
-    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["bag_id", "label", *[f"f{j}" for j in range(dim)]])
-        for bag, label, row in zip(ids.tolist(), labels.tolist(), features, strict=True):
-            writer.writerow([bag, label, *[f"{v:.5g}" for v in row]])
-    stdout.print(f"{bags} bags, {len(ids)} instances of {dim} features -> {out}")
+    n_instances = write_mil_table(out, n_bags=bags, dim=dim, signal=signal, seed=seed)
+    stdout.print(f"{bags} bags, {n_instances} instances of {dim} features -> {out}")

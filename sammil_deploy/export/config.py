@@ -7,6 +7,7 @@ reads one and CLI flags override it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,3 +99,18 @@ def load_export_config(path: Path | None) -> ExportConfig:
     hint = "see export/h100_h200.toml for the layout"
     return load_config(ExportConfig, None if path is None else Path(path), table="export", table_hint=hint,
                        section="export")  # fmt: skip
+
+
+def with_size_limits(
+    cfg: ExportConfig, *, max_batch: int | None = None, max_instances: int | None = None
+) -> ExportConfig:
+    """Cap the ResNet50 batch and the MIL bag axes (TensorRT profile max; min and opt follow when larger)."""
+
+    def capped(current: DimRange, maximum: int | None) -> DimRange:
+        if maximum is None:
+            return current
+        return DimRange(min=min(current.min, maximum), opt=min(current.opt, maximum), max=maximum)
+
+    return dataclasses.replace(
+        cfg, resnet_batch=capped(cfg.resnet_batch, max_batch), mil_instances=capped(cfg.mil_instances, max_instances)
+    )

@@ -145,6 +145,27 @@ def read_official(features_h5: Path, sam_info_h5: Path | None = None, *, patch_s
             return _official_from_open(features_h5, f, info, patch_size_level0_px)
 
 
+def convert_layout(
+    src: Path, out: Path, *, to: str = "official", sam_info: Path | None = None, patch_size_level0_px: int = 512
+) -> Path:
+    """Rewrite one feature file in the other layout: ``to="official"`` (ours -> SAM-MIL's) or ``"sammil"`` (back).
+
+    ``sam_info`` is the official ``sam_info/<slide>.h5`` when it is separate from the features; official files do
+    not record the patch size, so ``patch_size_level0_px`` supplies it. Returns ``out``.
+
+    Raises:
+        ConfigError: ``to`` is neither layout.
+        FeatureStoreError: ``src`` is not a readable feature file of the other layout.
+    """
+    from sammil_deploy.errors import ConfigError
+
+    if to == "official":
+        return write_official(out, read_bag(src))
+    if to == "sammil":
+        return write_bag(out, read_official(src, sam_info, patch_size_level0_px=patch_size_level0_px))
+    raise ConfigError(f"--to must be 'official' or 'sammil', got {to!r}")
+
+
 def _official_from_open(path: Path, feats: h5py.File, info: h5py.File, patch_size: int | None = None) -> FeatureBag:
     features, coords = _features_and_coords(path, feats)
     for name in ("is_group_feat", "relative_area"):

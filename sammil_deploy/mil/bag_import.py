@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,18 @@ class ImportedBags:
     class_counts: dict[str, int]
     bag_size_min: int
     bag_size_max: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (what ``import-bags --json`` prints)."""
+        return {
+            "out_dir": str(self.out_dir),
+            "labels_csv": str(self.labels_csv),
+            "bags": self.n_bags,
+            "instances": self.n_instances,
+            "dim": self.dim,
+            "classes": self.class_counts,
+            "bag_size": [self.bag_size_min, self.bag_size_max],
+        }
 
 
 def read_instance_table(

@@ -14,6 +14,7 @@ weight shapes, so the imported :class:`AttentionMIL` computes exactly what the o
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from sammil_deploy.errors import CheckpointError
-from sammil_deploy.mil.checkpoint import MilCheckpoint, make_meta
+from sammil_deploy.mil.checkpoint import MilCheckpoint, make_meta, save_checkpoint
 from sammil_deploy.mil.config import ModelConfig
 from sammil_deploy.mil.model import build_model
 
@@ -203,3 +204,12 @@ def _finish(
             f"{dims['embed_dim']}, classifier {ours['classifier.weight'].shape[1]}"
         )
     return {**dims, "in_dim": in_dim, "n_classes": n_classes}, ours
+
+
+def import_checkpoint(source: Path, out: Path, **kwargs: Any) -> MilCheckpoint:
+    """Import an external ``.pt``/``.pth`` (:func:`import_external_checkpoint` keywords) and save it at ``out``.
+
+    Returns the checkpoint with ``path`` set to the written ``.safetensors`` (its ``.json`` sits beside it).
+    """
+    ckpt = import_external_checkpoint(source, **kwargs)
+    return dataclasses.replace(ckpt, path=save_checkpoint(out, ckpt.model, ckpt.meta))

@@ -125,21 +125,14 @@ def fit(
     device = torch.device(resolve_device(cfg.device, option="train.device"))
     with seeded(cfg):
         model = build_model(recipe.model).to(device)
-        teacher = None
-        if recipe.sammil.masking.enabled and recipe.sammil.masking.selection == "low_attention":
-            teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        teacher = _teacher(model, recipe)
         optimizer = _optimizer(model, cfg)
-        scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=0.0)
-            if cfg.schedule == "cosine"
-            else None
-        )
+        scheduler = _scheduler(optimizer, cfg)
         scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
         generator = torch.Generator().manual_seed(cfg.seed)
         writer = _tensorboard(log_dir) if cfg.tensorboard else None
         history: list[EpochRecord] = []
-        best_value, best_epoch, best_state, since_best = math.nan, -1, None, 0
-        stopped = False
+        best, stopped = _BestEpoch(), False
         val_margins: list[np.ndarray] = []
         for epoch in range(cfg.epochs if epochs is None else min(epochs, cfg.epochs)):
             start = time.perf_counter()
@@ -154,31 +147,45 @@ def fit(
                 value = val_auc if cfg.monitor == "auc" else -val.loss
                 if keep_val_margins and recipe.model.n_classes == 2:
                     val_margins.append(val.margins)
-            improved = best_epoch < 0 or value > best_value
-            if improved:
-                best_value, best_epoch, since_best = value, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                since_best += 1
+            improved = best.update(value, epoch, model)
             record = EpochRecord(epoch, lr, loss, val_loss, val_auc, time.perf_counter() - start, parts, improved)
             history.append(record)
             if writer is not None:
                 _tensorboard_epoch(writer, record)
             if on_epoch is not None:
                 on_epoch(record)
-            if cfg.patience and epoch + 1 >= cfg.min_epochs and since_best >= cfg.patience:
+            if cfg.patience and epoch + 1 >= cfg.min_epochs and best.epochs_since >= cfg.patience:
                 stopped = True
-                log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+                log.info("early stop at epoch %d (best %d)", epoch, best.epoch)
                 break
         if writer is not None:
             writer.close()
-        model.load_state_dict(best_state)
+        model.load_state_dict(best.state)
         model.eval()
         threshold = _threshold(model, val_ds, recipe, device)
-    result = FitResult(model, best_epoch, threshold, history, stopped, val_margins)
+    result = FitResult(model, best.epoch, threshold, history, stopped, val_margins)
     if log_dir is not None:
         write_logs(log_dir, result)
     return result
+
+
+@dataclass
+class _BestEpoch:
+    """The best epoch so far (highest monitored value; the first epoch always counts) and a copy of its weights."""
+
+    value: float = math.nan
+    epoch: int = -1
+    state: dict[str, torch.Tensor] | None = None
+    epochs_since: int = 0
+
+    def update(self, value: float, epoch: int, model: MilHead) -> bool:
+        """Record ``epoch`` if it beats the best (strictly); return whether it did."""
+        if self.epoch >= 0 and not value > self.value:
+            self.epochs_since += 1
+            return False
+        self.value, self.epoch, self.epochs_since = value, epoch, 0
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return True
 
 
 def _check_sets(recipe: TrainRecipe, train_ds: BagDataset, val_ds: BagDataset | None) -> None:
@@ -204,6 +211,20 @@ def _threshold(
         return choose_threshold(recipe.train.threshold, np.zeros(0), np.zeros(0))
     val = predict(model, val_ds, device=device, amp=recipe.train.amp)
     return choose_threshold(recipe.train.threshold, val.labels == 1, val.margins)
+
+
+def _teacher(model: MilHead, recipe: TrainRecipe) -> MilHead | None:
+    """The EMA teacher of low-attention masking (a frozen copy of the initial model), else None."""
+    masking = recipe.sammil.masking
+    if masking.enabled and masking.selection == "low_attention":
+        return copy.deepcopy(model).eval().requires_grad_(False)
+    return None
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if cfg.schedule != "cosine":
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=0.0)
 
 
 def _optimizer(model: MilHead, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -32,12 +32,11 @@ from sammil_deploy.mil.evaluate import (
     summarise_folds,
     write_predictions_csv,
 )
+from sammil_deploy.mil.events import EpochEnd, FoldEnd, FoldStart, OnTrainingEvent, TrainingEvent
 from sammil_deploy.mil.fit import EpochRecord
 from sammil_deploy.mil.selection import fit_fold, resolve_selection
 from sammil_deploy.mil.threshold import Threshold, choose_threshold, threshold_fields
 from sammil_deploy.runtime.devices import resolve_device
-
-Event = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,15 @@ class CvSummary:
     out_dir: Path
     checkpoints: list[Path]
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (what ``train --json`` prints)."""
+        return {
+            "folds": self.folds,
+            "mean_std": self.mean_std,
+            "checkpoints": [str(p) for p in self.checkpoints],
+            "out_dir": str(self.out_dir),
+        }
+
 
 def train_cross_validation(
     features_dir: Path,
@@ -57,7 +65,7 @@ def train_cross_validation(
     out_dir: Path,
     *,
     splits_path: Path | None = None,
-    on_event: Event | None = None,
+    on_event: OnTrainingEvent | None = None,
     bags: Sequence[FeatureBag] | None = None,
 ) -> CvSummary:
     """Train one model per fold and evaluate it on that fold's test slides.
@@ -68,24 +76,15 @@ def train_cross_validation(
         recipe: Model / objective / loop / split configs; the feature dim and class count come from the data.
         out_dir: Output folder (created).
         splits_path: Splits CSV or folder of CLAM ``splits_<k>.csv``; otherwise stratified K-fold.
-        on_event: Progress callback: ``("fold_start", {...})``, ``("epoch", {...})``, ``("fold_end", {...})``.
+        on_event: Progress callback: :class:`~.events.FoldStart`, :class:`~.events.EpochEnd` per epoch,
+            :class:`~.events.FoldEnd` (typed events of :mod:`sammil_deploy.mil.events`).
         bags: In-memory bags instead of files (programmatic use, tests).
 
     Raises:
         ConfigError, FeatureStoreError, CheckpointError: Bad inputs, with the file and the fix.
     """
     labels = read_labels(labels_csv, class_names=recipe.data.class_names)
-    splits = (
-        read_splits(splits_path, labels, val_fraction=recipe.data.val_fraction, seed=recipe.data.seed)
-        if splits_path is not None
-        else make_splits(
-            labels,
-            folds=recipe.data.folds,
-            repeats=recipe.data.repeats,
-            val_fraction=recipe.data.val_fraction,
-            seed=recipe.data.seed,
-        )
-    )
+    splits = _splits(recipe, labels, splits_path)
     sources = _sources(features_dir, labels, bags)
     first = sources[labels.slide_ids[0]]
     probe = first if isinstance(first, FeatureBag) else _read(first)
@@ -133,22 +132,21 @@ class _FoldRun:
     out_dir: Path
     extractor: str | None
     provenance: dict[str, Any]
-    on_event: Event | None
+    on_event: OnTrainingEvent | None
 
     def __call__(self, split: Split) -> tuple[dict[str, Any], Path, Predictions, Threshold | None]:
         recipe, name = self.recipe, split.name
         train_ds, val_ds, test_ds = self.dataset(split.train), self.dataset(split.val), self.dataset(split.test)
         mode = resolve_selection(recipe, len(val_ds))
         epochs = recipe.train.epochs * (recipe.train.inner_folds + 1 if mode == "inner_cv" else 1)
-        _emit(self.on_event, "fold_start", fold=name, n_train=len(train_ds), n_val=len(val_ds),
-              n_test=len(test_ds), epochs=epochs, selection=mode)  # fmt: skip
+        self._emit(FoldStart(name, len(train_ds), len(val_ds), len(test_ds), epochs, mode))
         fold = fit_fold(
             recipe,
             split,
             self.dataset,
             self.y,
             log_dir=self.out_dir / name,
-            on_epoch=lambda r: _emit(self.on_event, "epoch", fold=name, record=r),
+            on_epoch=lambda r: self._emit(EpochEnd(name, r)),
         )
         result = fold.result
         device = resolve_device(recipe.train.device, option="train.device")
@@ -180,8 +178,12 @@ class _FoldRun:
         write_predictions_csv(
             self.out_dir / name / "predictions.csv", test, self.class_names, threshold=result.threshold, fold=name
         )
-        _emit(self.on_event, "fold_end", **metrics)
+        self._emit(FoldEnd(name, fold.epochs_trained, result.best_epoch, metrics))
         return metrics, checkpoint, test, result.threshold
+
+    def _emit(self, event: TrainingEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
 
 
 def evaluate_checkpoint(
@@ -215,6 +217,14 @@ def evaluate_checkpoint(
     return metrics
 
 
+def _splits(recipe: TrainRecipe, labels: Labels, splits_path: Path | None) -> list[Split]:
+    """The user's splits file, else stratified K-fold (``data.folds`` x ``data.repeats``)."""
+    data = recipe.data
+    if splits_path is not None:
+        return read_splits(splits_path, labels, val_fraction=data.val_fraction, seed=data.seed)
+    return make_splits(labels, folds=data.folds, repeats=data.repeats, val_fraction=data.val_fraction, seed=data.seed)
+
+
 def _sources(features_dir: Path, labels: Labels, bags: Sequence[FeatureBag] | None) -> dict[str, Any]:
     if bags is None:
         return dict(find_feature_files(features_dir, labels.slide_ids))
@@ -229,11 +239,6 @@ def _read(path: Path) -> FeatureBag:
     from sammil_deploy.features.store import read_bag
 
     return read_bag(path)
-
-
-def _emit(on_event: Event | None, kind: str, **payload: Any) -> None:
-    if on_event is not None:
-        on_event(kind, payload)
 
 
 def _sha256_file(path: Path) -> str:

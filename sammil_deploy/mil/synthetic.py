@@ -9,6 +9,8 @@ small subset of instances, as in CAMELYON16.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from sammil_deploy.features.bag import FeatureBag, SpatialContext, group_features_from_memberships
@@ -138,3 +140,18 @@ def classical_mil_table(
         labels += [label] * n
         rows.append(x)
     return np.asarray(ids), np.asarray(labels, dtype=np.int64), np.concatenate(rows).astype(np.float32)
+
+
+def write_mil_table(out: Path, *, n_bags: int = 92, dim: int = 166, signal: float = 4.0, seed: int = 0) -> int:
+    """Write :func:`classical_mil_table` as CSV ``bag_id,label,f0..f<dim-1>`` (atomically); return the row count."""
+    import csv
+
+    from sammil_deploy.io_atomic import atomic_path
+
+    ids, labels, features = classical_mil_table(n_bags=n_bags, dim=dim, signal=signal, seed=seed)
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["bag_id", "label", *[f"f{j}" for j in range(dim)]])
+        for bag, label, row in zip(ids.tolist(), labels.tolist(), features, strict=True):
+            writer.writerow([bag, label, *[f"{v:.5g}" for v in row]])
+    return len(ids)

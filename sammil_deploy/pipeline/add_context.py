@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from sammil_deploy.config import to_dict
-from sammil_deploy.errors import FeatureStoreError, SlideError
+from sammil_deploy.errors import ConfigError, FeatureStoreError, SlideError
 from sammil_deploy.features.bag import FeatureBag
 from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord, run_batch
 from sammil_deploy.pipeline.stages import segment_patches, spatial_context
@@ -178,10 +178,15 @@ def add_context_files(
         overwrite: Redo files whose output exists.
         continue_on_error: Record a failing file and go on.
         on_record: Called after each file (progress display).
+
+    Raises:
+        ConfigError: ``layout`` is neither ``sammil`` nor ``official`` (before any file is read).
     """
     from sammil_deploy.features.store import write_bag, write_official
     from sammil_deploy.segment import create_segmenter
 
+    if layout not in ("sammil", "official"):
+        raise ConfigError(f"--layout must be 'sammil' or 'official', got {layout!r}")
     out_dir = Path(out_dir)
     write = write_official if layout == "official" else write_bag
     segmenter = create_segmenter(cfg)  # loads SAM once for every file

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +49,24 @@ class DemoCohort:
     out_dir: Path
     slides: tuple[DemoSlide, ...]
     labels_csv: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description (what ``make-demo-data --json`` prints): folder, labels CSV, one row per slide."""
+        rows = [
+            {
+                "slide_id": s.slide_id,
+                "path": str(s.path),
+                "label": s.label,
+                "width_px": s.spec.width_px,
+                "height_px": s.spec.height_px,
+                "levels": len(s.spec.level_downsamples),
+                "mpp": s.spec.mpp,
+                "megabytes": round(s.size_bytes / 1e6, 2),
+                "seconds": round(s.seconds, 2),
+            }
+            for s in self.slides
+        ]
+        return {"out": str(self.out_dir), "labels_csv": str(self.labels_csv), "slides": rows}
 
 
 def plan_demo_cohort(
