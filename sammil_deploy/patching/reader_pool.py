@@ -1,0 +1,422 @@
+"""Persistent patch-reader processes: started once per run, reused for every slide, batches in shared memory.
+
+A run (``extract``, ``infer``, a cohort, one Ray actor) starts :class:`ReaderPool` once; each slide is a job
+(slide path, reader kind, level, read and output sizes, patch rows). Worker ``w`` reads the ``w``-th contiguous
+run of the tile read order (neighbouring patches share JPEG tiles, so each tile is decoded by one worker) and
+writes whole uint8 NHWC batches, resized with PIL as CLAM does, into its own shared-memory slots; the main
+process gets ``(slot, rows)`` messages and hands the slot back when it has used the batch. Memory is bounded
+(``workers x (prefetch_batches + 1)`` slots) and nothing per patch crosses a pipe.
+
+Processes are *spawned*, not forked: the pool is started while other threads may run (the lookahead thread's
+BLAS, ONNX Runtime's pool), and a fork copies their locks in whatever state they are in (OpenBLAS's fork
+handler hung the demo that way). A failing read (corrupt tile, missing file) or a worker that dies fails that
+slide's job only: the error names the slide, a dead worker is replaced, and the next slide runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import queue
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sammil_deploy.errors import SammilError, SlideError
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5  # how often a waiting main process checks that its workers are alive
+CANCEL_WAIT_S = 30.0  # a cancelled worker finishes its current batch within this, or it is replaced
+
+
+@dataclass(frozen=True, slots=True)
+class ReadJob:
+    """What every patch of one slide needs: where to read and how to resize.
+
+    Attributes:
+        slide_path: Slide file.
+        reader: Reader name for :func:`sammil_deploy.slide.open_slide`.
+        mpp: Optional mpp override (geometry only).
+        patch_level: Level the patches are read at.
+        read_size_px: Patch side read at ``patch_level``.
+        out_size_px: Side delivered; patches are resized to it with PIL (antialiased) when it differs.
+        interpolation: ``bicubic`` or ``bilinear``.
+    """
+
+    slide_path: str
+    reader: str
+    mpp: float | None
+    patch_level: int
+    read_size_px: int
+    out_size_px: int
+    interpolation: str
+
+
+class SlideHandles:
+    """The slide handle of the slide being read (reopened when the job's slide or reader changes)."""
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._reader: Any = None
+
+    def get(self, job: ReadJob) -> Any:
+        """The open reader of ``job``'s slide (opened now if it is a different slide)."""
+        from sammil_deploy.errors import PatchingError
+        from sammil_deploy.slide import open_slide
+
+        key = (job.slide_path, job.reader, job.mpp)
+        if key != self._key:
+            self.close()
+            reader = open_slide(job.slide_path, reader=job.reader, mpp=job.mpp)
+            if not 0 <= job.patch_level < reader.info.level_count:
+                reader.close()
+                raise PatchingError(
+                    f"{Path(job.slide_path).name}: patch level {job.patch_level} does not exist "
+                    f"(levels 0..{reader.info.level_count - 1})"
+                )
+            self._key, self._reader = key, reader
+        return self._reader
+
+    def close(self) -> None:
+        """Close the open slide, if any."""
+        if self._reader is not None:
+            self._reader.close()
+        self._key = self._reader = None
+
+
+def read_batch(reader: Any, job: ReadJob, coords_level0_xy: np.ndarray, out: np.ndarray) -> None:
+    """Read ``len(coords)`` patches into ``out[:n]`` ``(n, S, S, 3)`` uint8, resized as PIL (CLAM) does."""
+    from PIL import Image
+
+    size, resample = (job.read_size_px,) * 2, _resample(job.interpolation)
+    resize = job.out_size_px != job.read_size_px
+    for i, (x, y) in enumerate(np.asarray(coords_level0_xy, np.int64)):
+        patch = reader.read_region((int(x), int(y)), job.patch_level, size)
+        if resize:
+            out[i] = np.asarray(Image.fromarray(patch).resize((job.out_size_px,) * 2, resample))
+        else:
+            out[i] = patch
+
+
+def _resample(interpolation: str) -> Any:
+    from PIL import Image
+
+    return Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
+
+
+def read_batches_inline(
+    job: ReadJob, coords_level0_xy: np.ndarray, order: np.ndarray, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(patches, rows)`` batches read in this process (no workers); ``patches`` is reused between batches."""
+    handles = SlideHandles()
+    buffer = np.empty((batch_size, job.out_size_px, job.out_size_px, 3), np.uint8)
+    try:
+        reader = handles.get(job)
+        for start in range(0, len(order), batch_size):
+            rows = np.asarray(order[start : start + batch_size], np.int64)
+            read_batch(reader, job, coords_level0_xy[rows], buffer)
+            yield buffer[: len(rows)], rows
+    finally:
+        handles.close()
+
+
+def _worker_main(index: int, tasks: Any, results: Any) -> None:
+    """Worker loop: jobs in from ``tasks``, ``("batch"|"error"|"done", job_id, index, ...)`` out to ``results``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle; it stops us
+    handles, slots = SlideHandles(), _AttachedSlots()
+    try:
+        while True:
+            message = tasks.recv()
+            if message[0] == "stop":
+                return
+            if message[0] == "job":
+                _run_job(index, message[1:], tasks, results, handles, slots)
+    except (EOFError, OSError):  # the main process went away
+        return
+    finally:
+        handles.close()
+        slots.close()
+
+
+def _run_job(index: int, spec: tuple, tasks: Any, results: Any, handles: SlideHandles, slots: _AttachedSlots) -> None:
+    job_id, job, coords, rows, batch_size, slot_names = spec
+    free = list(range(len(slot_names)))
+    try:
+        buffers = slots.attach(slot_names)
+        reader = handles.get(job)
+        for start in range(0, len(rows), batch_size):
+            while not free or tasks.poll():  # slots handed back, or a cancel
+                message = tasks.recv()
+                if message[0] == "cancel" and message[1] == job_id:
+                    return
+                if message[0] == "free" and message[1] == job_id:
+                    free.append(message[2])
+            slot = free.pop()
+            n = min(batch_size, len(rows) - start)
+            out = np.ndarray((batch_size, job.out_size_px, job.out_size_px, 3), np.uint8, buffer=buffers[slot].buf)
+            read_batch(reader, job, coords[start : start + n], out)
+            results.put(("batch", job_id, index, slot, rows[start : start + n]))
+    except Exception as exc:  # noqa: BLE001 - every failure is reported as this slide's failure
+        handles.close()
+        results.put(("error", job_id, index, _picklable(exc)))
+    finally:
+        results.put(("done", job_id, index))
+
+
+def _picklable(exc: Exception) -> Exception:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+class _AttachedSlots:
+    """A worker's views of the main process's shared-memory slots (re-attached when the main one re-allocates)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, shared_memory.SharedMemory] = {}
+
+    def attach(self, names: tuple[str, ...]) -> list[shared_memory.SharedMemory]:
+        for name in set(self._open) - set(names):
+            self._open.pop(name).close()
+        for name in names:
+            if name not in self._open:
+                self._open[name] = _attach(name)
+        return [self._open[name] for name in names]
+
+    def close(self) -> None:
+        for shm in self._open.values():
+            shm.close()
+        self._open.clear()
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start spawned workers without re-running the caller's script (it need not have a ``__main__`` guard).
+
+    A spawned child re-imports the parent's ``__main__`` file to unpickle things defined there; the workers run
+    only this module's code, so an empty main module is all they need.
+    """
+    import sys
+    import types
+
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+def _attach(name: str) -> shared_memory.SharedMemory:
+    # Spawned children share the main process's resource tracker, so attaching re-registers a name it already
+    # holds (a no-op); the main process unlinks the segment.
+    return shared_memory.SharedMemory(name=name)
+
+
+class ReaderPool:
+    """``num_workers`` spawned reader processes kept for many slides.
+
+    Args:
+        num_workers: Reader processes (>= 1).
+        prefetch_batches: Batches each worker may have ready ahead of the consumer.
+
+    Use as a context manager (or call :meth:`close`): leaving it stops the workers and frees the shared memory,
+    also on an exception or KeyboardInterrupt.
+    """
+
+    def __init__(self, num_workers: int, *, prefetch_batches: int = 2) -> None:
+        if num_workers < 1:
+            raise ValueError(f"a reader pool needs >= 1 worker, got {num_workers}")
+        self.num_workers = int(num_workers)
+        self.slots_per_worker = max(1, int(prefetch_batches)) + 1  # + the one being consumed
+        self._ctx = mp.get_context("spawn")
+        self._results = self._ctx.Queue()
+        self._procs: list[Any] = [None] * self.num_workers
+        self._tasks: list[Any] = [None] * self.num_workers
+        self._slots: list[shared_memory.SharedMemory] = []
+        self._slot_bytes = 0
+        self._job_id = 0
+        self._closed = False
+        try:
+            for w in range(self.num_workers):
+                self._start(w)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """Worker process ids (the same for every slide unless a worker died and was replaced)."""
+        return tuple(p.pid for p in self._procs)
+
+    def _start(self, w: int) -> None:
+        receive, send = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(target=_worker_main, args=(w, receive, self._results), daemon=True,
+                                 name=f"sammil-reader-{w}")  # fmt: skip
+        with _main_module_hidden():
+            proc.start()
+        receive.close()
+        self._procs[w], self._tasks[w] = proc, send
+
+    def _replace(self, w: int) -> None:
+        proc = self._procs[w]
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+        self._tasks[w].close()
+        self._start(w)
+
+    def _send(self, w: int, message: tuple) -> bool:
+        try:
+            self._tasks[w].send(message)
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+    def _ensure_slots(self, nbytes: int) -> None:
+        count = self.num_workers * self.slots_per_worker
+        if nbytes <= self._slot_bytes and len(self._slots) == count:
+            return
+        self._free_slots()
+        self._slots = [shared_memory.SharedMemory(create=True, size=max(1, nbytes)) for _ in range(count)]
+        self._slot_bytes = nbytes
+
+    def _free_slots(self) -> None:
+        for shm in self._slots:
+            shm.close()
+            shm.unlink()
+        self._slots, self._slot_bytes = [], 0
+
+    def batches(
+        self, job: ReadJob, coords_level0_xy: np.ndarray, order: np.ndarray, batch_size: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Read every row of ``order``: ``(patches (B, S, S, 3) uint8, rows)`` batches, in completion order.
+
+        ``patches`` is a view of a shared slot, valid until the next batch is requested. Worker ``w`` reads the
+        ``w``-th contiguous run of ``order``.
+
+        Raises:
+            SlideError, PatchingError (or the reader's own SammilError): A patch of this slide cannot be read or a
+                worker died; the pool stays usable for the next slide.
+        """
+        if self._closed:
+            raise RuntimeError("the reader pool is closed")
+        self._job_id += 1
+        job_id, coords = self._job_id, np.asarray(coords_level0_xy, np.int64)
+        self._ensure_slots(batch_size * job.out_size_px * job.out_size_px * 3)
+        k = self.slots_per_worker
+        active: set[int] = set()
+        for w, run in enumerate(np.array_split(np.asarray(order, np.int64), self.num_workers)):
+            names = tuple(s.name for s in self._slots[w * k : (w + 1) * k])
+            if len(run) and self._send(w, ("job", job_id, job, coords[run], run, batch_size, names)):
+                active.add(w)
+        error: BaseException | None = None
+        try:
+            while active:
+                message = self._next(job_id, active, job)
+                if message is None:
+                    continue
+                kind, _, w = message[:3]
+                if kind == "done":
+                    active.discard(w)
+                elif kind == "error":
+                    error = error or _slide_error(message[3], job)
+                    self._cancel(job_id, active - {w})
+                elif error is not None:  # batches still arriving from a cancelled job
+                    self._send(w, ("free", job_id, message[3]))
+                else:
+                    slot = self._slots[w * k + message[3]]
+                    rows = message[4]
+                    view = np.ndarray((batch_size, job.out_size_px, job.out_size_px, 3), np.uint8, buffer=slot.buf)
+                    yield view[: len(rows)], rows
+                    self._send(w, ("free", job_id, message[3]))
+        finally:
+            if active:  # the consumer stopped early (an exception, KeyboardInterrupt) or a worker failed
+                self._cancel(job_id, active)
+                self._drain(job_id, active)
+        if error is not None:
+            raise error
+
+    def _next(self, job_id: int, active: set[int], job: ReadJob) -> tuple | None:
+        """The next message of this job, or None after a timeout (dead workers are replaced and reported)."""
+        try:
+            message = self._results.get(timeout=POLL_S)
+        except queue.Empty:
+            for w in list(active):
+                if not self._procs[w].is_alive():
+                    code = self._procs[w].exitcode
+                    log.warning("reader process %d died (exit code %s); starting a new one", self._procs[w].pid, code)
+                    self._replace(w)
+                    active.discard(w)  # the others are cancelled by the caller's cleanup
+                    raise SlideError(
+                        f"{Path(job.slide_path).name}: a patch-reader process died (exit code {code}) while reading "
+                        "this slide; the file may be corrupt: check it with `sammil-deploy slide-info`"
+                    ) from None
+            return None
+        return message if message[1] == job_id else None  # older jobs' leftovers
+
+    def _cancel(self, job_id: int, workers: set[int]) -> None:
+        for w in workers:
+            self._send(w, ("cancel", job_id))
+
+    def _drain(self, job_id: int, active: set[int]) -> None:
+        """Wait for cancelled workers to finish (replacing any that do not), dropping their batches."""
+        import time
+
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while active and time.monotonic() < deadline:
+            try:
+                message = self._results.get(timeout=POLL_S)
+            except queue.Empty:
+                for w in [w for w in active if not self._procs[w].is_alive()]:
+                    self._replace(w)
+                    active.discard(w)
+                continue
+            if message[1] == job_id and message[0] == "done":
+                active.discard(message[2])
+        for w in list(active):
+            self._replace(w)
+            active.discard(w)
+
+    def close(self) -> None:
+        """Stop the workers (killing any that do not stop) and free the shared memory."""
+        if self._closed:
+            return
+        self._closed = True
+        for w, proc in enumerate(self._procs):
+            if proc is not None:
+                self._send(w, ("stop",))
+        for w, proc in enumerate(self._procs):
+            if proc is None:
+                continue
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+            self._tasks[w].close()
+        self._results.close()
+        self._results.join_thread()
+        self._free_slots()
+
+    def __enter__(self) -> ReaderPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _slide_error(exc: BaseException, job: ReadJob) -> BaseException:
+    if isinstance(exc, SammilError):
+        return exc
+    return SlideError(f"{Path(job.slide_path).name}: reading patches failed ({exc}); check the file")
