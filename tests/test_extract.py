@@ -53,8 +53,8 @@ def test_features_match_direct_openslide_reference(real_slide_path, encoder):
         ]
     with torch.inference_mode():
         expected = encoder(torch.stack(inputs)).numpy()
-    calls = []
     for workers, reader in ((0, "openslide"), (2, "tiled")):
+        calls = []
         cfg = ExtractConfig(allow_random=True, batch_size=2, num_workers=workers, device="cpu", reader=reader)
         with open_feature_backend(encoder, cfg) as backend:
             assert backend.kind == "torch"  # auto: random weights are not worth an ONNX export
@@ -62,7 +62,8 @@ def test_features_match_direct_openslide_reference(real_slide_path, encoder):
         assert feats.shape == (len(COORDS), 1024)
         assert feats.dtype == np.float32
         np.testing.assert_allclose(feats, expected, rtol=1e-4, atol=1e-4)
-    assert calls == [(2, 3), (3, 3)] * 2
+        # Two batches; with workers they arrive in completion order (the 1-row one may come first).
+        assert len(calls) == 2 and calls[-1] == (3, 3) and calls[0][0] in (1, 2)
 
 
 def _extract(slide, backend, cfg, coords=COORDS, **kwargs):
