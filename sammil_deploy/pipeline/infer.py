@@ -3,8 +3,9 @@
 Per slide, under ``out_dir``: ``heatmaps/<id>.png``, ``geojson/<id>.geojson``, optionally ``features/<id>.h5``
 (the ``extract`` layout, so inference doubles as extraction) and, written last, ``reports/<id>.json`` whose
 presence marks the slide done. Patches are read and resized by reader processes started once per run
-(``patching.reader_pool``) while the encoder runs (bounded prefetch, pinned memory on CUDA); in a cohort, the next slide's tissue detection and segmentation
-run in a helper thread meanwhile (``pipeline.lookahead``, one slide ahead). Only the thumbnail, the SAM image
+(``patching.reader_pool``) while the encoder runs (bounded prefetch, pinned memory on CUDA); in a cohort, the
+next slide's tissue detection and segmentation run in a helper thread meanwhile (``pipeline.lookahead``, one
+slide ahead). Only the thumbnail, the SAM image
 and the (N, D) features are held in memory, never a full-resolution slide array.
 """
 
