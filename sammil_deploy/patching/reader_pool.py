@@ -18,11 +18,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
-import queue
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing import shared_memory
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,6 @@ from sammil_deploy.errors import SammilError, SlideError
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.5  # how often a waiting main process checks that its workers are alive
 CANCEL_WAIT_S = 30.0  # a cancelled worker finishes its current batch within this, or it is replaced
 
 
@@ -127,17 +127,17 @@ def read_batches_inline(
         handles.close()
 
 
-def _worker_main(index: int, tasks: Any, results: Any) -> None:
-    """Worker loop: jobs in from ``tasks``, ``("batch"|"error"|"done", job_id, index, ...)`` out to ``results``."""
+def _worker_main(index: int, conn: Any) -> None:
+    """Worker loop: jobs in, ``("batch"|"error"|"done", job_id, index, ...)`` out, over its own pipe ``conn``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle; it stops us
     handles, slots = SlideHandles(), _AttachedSlots()
     try:
         while True:
-            message = tasks.recv()
+            message = conn.recv()
             if message[0] == "stop":
                 return
             if message[0] == "job":
-                _run_job(index, message[1:], tasks, results, handles, slots)
+                _run_job(index, message[1:], conn, handles, slots)
     except (EOFError, OSError):  # the main process went away
         return
     finally:
@@ -145,15 +145,15 @@ def _worker_main(index: int, tasks: Any, results: Any) -> None:
         slots.close()
 
 
-def _run_job(index: int, spec: tuple, tasks: Any, results: Any, handles: SlideHandles, slots: _AttachedSlots) -> None:
+def _run_job(index: int, spec: tuple, conn: Any, handles: SlideHandles, slots: _AttachedSlots) -> None:
     job_id, job, coords, rows, batch_size, slot_names = spec
     free = list(range(len(slot_names)))
     try:
         buffers = slots.attach(slot_names)
         reader = handles.get(job)
         for start in range(0, len(rows), batch_size):
-            while not free or tasks.poll():  # slots handed back, or a cancel
-                message = tasks.recv()
+            while not free or conn.poll():  # slots handed back, or a cancel
+                message = conn.recv()
                 if message[0] == "cancel" and message[1] == job_id:
                     return
                 if message[0] == "free" and message[1] == job_id:
@@ -162,12 +162,12 @@ def _run_job(index: int, spec: tuple, tasks: Any, results: Any, handles: SlideHa
             n = min(batch_size, len(rows) - start)
             out = np.ndarray((batch_size, job.out_size_px, job.out_size_px, 3), np.uint8, buffer=buffers[slot].buf)
             read_batch(reader, job, coords[start : start + n], out)
-            results.put(("batch", job_id, index, slot, rows[start : start + n]))
+            conn.send(("batch", job_id, index, slot, rows[start : start + n]))
     except Exception as exc:  # noqa: BLE001 - every failure is reported as this slide's failure
         handles.close()
-        results.put(("error", job_id, index, _picklable(exc)))
+        conn.send(("error", job_id, index, _picklable(exc)))
     finally:
-        results.put(("done", job_id, index))
+        conn.send(("done", job_id, index))
 
 
 def _picklable(exc: Exception) -> Exception:
@@ -241,9 +241,8 @@ class ReaderPool:
         self.num_workers = int(num_workers)
         self.slots_per_worker = max(1, int(prefetch_batches)) + 1  # + the one being consumed
         self._ctx = mp.get_context("spawn")
-        self._results = self._ctx.Queue()
         self._procs: list[Any] = [None] * self.num_workers
-        self._tasks: list[Any] = [None] * self.num_workers
+        self._conns: list[Any] = [None] * self.num_workers
         self._slots: list[shared_memory.SharedMemory] = []
         self._slot_bytes = 0
         self._job_id = 0
@@ -261,25 +260,25 @@ class ReaderPool:
         return tuple(p.pid for p in self._procs)
 
     def _start(self, w: int) -> None:
-        receive, send = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(target=_worker_main, args=(w, receive, self._results), daemon=True,
-                                 name=f"sammil-reader-{w}")  # fmt: skip
+        # One pipe per worker, not a shared queue: a worker killed mid-message breaks only its own pipe.
+        mine, theirs = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(target=_worker_main, args=(w, theirs), daemon=True, name=f"sammil-reader-{w}")
         with _main_module_hidden():
             proc.start()
-        receive.close()
-        self._procs[w], self._tasks[w] = proc, send
+        theirs.close()
+        self._procs[w], self._conns[w] = proc, mine
 
     def _replace(self, w: int) -> None:
         proc = self._procs[w]
         if proc.is_alive():
             proc.kill()
         proc.join(5)
-        self._tasks[w].close()
+        self._conns[w].close()
         self._start(w)
 
     def _send(self, w: int, message: tuple) -> bool:
         try:
-            self._tasks[w].send(message)
+            self._conns[w].send(message)
             return True
         except (BrokenPipeError, OSError):
             return False
@@ -349,41 +348,52 @@ class ReaderPool:
             raise error
 
     def _next(self, job_id: int, active: set[int], job: ReadJob) -> tuple | None:
-        """The next message of this job, or None after a timeout (dead workers are replaced and reported)."""
-        try:
-            message = self._results.get(timeout=POLL_S)
-        except queue.Empty:
-            for w in list(active):
-                if not self._procs[w].is_alive():
-                    code = self._procs[w].exitcode
-                    log.warning("reader process %d died (exit code %s); starting a new one", self._procs[w].pid, code)
-                    self._replace(w)
-                    active.discard(w)  # the others are cancelled by the caller's cleanup
-                    raise SlideError(
-                        f"{Path(job.slide_path).name}: a patch-reader process died (exit code {code}) while reading "
-                        "this slide; the file may be corrupt: check it with `sammil-deploy slide-info`"
-                    ) from None
-            return None
-        return message if message[1] == job_id else None  # older jobs' leftovers
+        """The next message of this job from any active worker (None: another job's leftover).
+
+        Raises:
+            SlideError: A worker died (it is replaced; the caller's cleanup cancels the others).
+        """
+        message, dead = self._receive(active, None)
+        if dead is not None:
+            code = self._procs[dead].exitcode
+            log.warning("reader process %d died (exit code %s); starting a new one", self._procs[dead].pid, code)
+            self._replace(dead)
+            active.discard(dead)
+            raise SlideError(
+                f"{Path(job.slide_path).name}: a patch-reader process died (exit code {code}) while reading "
+                "this slide; the file may be corrupt: check it with `sammil-deploy slide-info`"
+            )
+        return message if message is not None and message[1] == job_id else None
+
+    def _receive(self, workers: set[int], timeout_s: float | None) -> tuple[tuple | None, int | None]:
+        """``(message, None)`` from one of ``workers``, ``(None, w)`` when worker ``w`` died, ``(None, None)``."""
+        conns = {self._conns[w]: w for w in workers}
+        sentinels = {self._procs[w].sentinel: w for w in workers}
+        ready = wait([*conns, *sentinels], timeout_s)
+        for item in ready:  # messages first: a worker may have sent some before it died
+            if item in conns:
+                try:
+                    return item.recv(), None
+                except (EOFError, OSError):
+                    return None, conns[item]
+        for item in ready:
+            if item in sentinels:
+                return None, sentinels[item]
+        return None, None
 
     def _cancel(self, job_id: int, workers: set[int]) -> None:
         for w in workers:
             self._send(w, ("cancel", job_id))
 
     def _drain(self, job_id: int, active: set[int]) -> None:
-        """Wait for cancelled workers to finish (replacing any that do not), dropping their batches."""
-        import time
-
+        """Wait for cancelled workers to finish (replacing any that die or do not stop), dropping their batches."""
         deadline = time.monotonic() + CANCEL_WAIT_S
         while active and time.monotonic() < deadline:
-            try:
-                message = self._results.get(timeout=POLL_S)
-            except queue.Empty:
-                for w in [w for w in active if not self._procs[w].is_alive()]:
-                    self._replace(w)
-                    active.discard(w)
-                continue
-            if message[1] == job_id and message[0] == "done":
+            message, dead = self._receive(active, max(0.0, deadline - time.monotonic()))
+            if dead is not None:
+                self._replace(dead)
+                active.discard(dead)
+            elif message is not None and message[1] == job_id and message[0] == "done":
                 active.discard(message[2])
         for w in list(active):
             self._replace(w)
@@ -404,9 +414,7 @@ class ReaderPool:
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
-            self._tasks[w].close()
-        self._results.close()
-        self._results.join_thread()
+            self._conns[w].close()
         self._free_slots()
 
     def __enter__(self) -> ReaderPool:
@@ -417,6 +425,13 @@ class ReaderPool:
 
 
 def _slide_error(exc: BaseException, job: ReadJob) -> BaseException:
+    """A worker's error as this slide's error, naming the slide file."""
+    name = Path(job.slide_path).name
     if isinstance(exc, SammilError):
-        return exc
-    return SlideError(f"{Path(job.slide_path).name}: reading patches failed ({exc}); check the file")
+        if name in str(exc):
+            return exc
+        try:
+            return type(exc)(f"{name}: {exc}")
+        except TypeError:  # a SammilError with another constructor
+            return exc
+    return SlideError(f"{name}: reading patches failed ({exc}); check the file")
