@@ -74,6 +74,10 @@ def test_pool_batches_equal_the_per_patch_path_and_workers_persist(pool, real_sl
         inline = _read_all(read_batches_inline(_job(path), coords, order, 4), len(coords), 224)
         np.testing.assert_array_equal(inline, expected)
     assert pool.pids == pids  # the same processes read every slide
+    if Path("/proc/self/fd").is_dir():  # and none keeps a slide open between slides
+        for pid in pids:
+            open_files = {os.path.realpath(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            assert not open_files & {os.path.realpath(real_slide_path), os.path.realpath(synthetic_slide)}
 
 
 def _corrupt_copy(src: Path, dst: Path) -> Path:

@@ -75,9 +75,9 @@ def _run_job(index: int, spec: tuple, conn: Any, handles: SlideHandles, slots: _
             read_batch(reader, job, coords[start : start + n], out)
             conn.send(("batch", job_id, index, slot, rows[start : start + n]))
     except Exception as exc:  # noqa: BLE001 - every failure is reported as this slide's failure
-        handles.close()
         conn.send(("error", job_id, index, _picklable(exc)))
     finally:
+        handles.close()  # no slide handle (or its tile cache) outlives the slide's job
         conn.send(("done", job_id, index))
 
 
