@@ -133,13 +133,59 @@ def test_a_consumer_that_stops_early_leaves_the_pool_usable(pool, synthetic_slid
     np.testing.assert_array_equal(got, _reference(synthetic_slide, coords, 224))
 
 
-def test_close_stops_the_workers_and_frees_shared_memory(synthetic_slide):
+def test_close_stops_the_workers_and_no_shared_memory_is_left(synthetic_slide):
     coords = _grid(synthetic_slide, n=4)
     with ReaderPool(1) as pool:
         _read_all(pool.batches(_job(synthetic_slide), coords, tile_read_order(coords), 2), 4, 224)
         procs, names = list(pool._procs), [s.name for s in pool._slots]
+        assert names
+        assert not any(Path("/dev/shm", n).exists() for n in names)  # unlinked once mapped: nothing to leak
     assert not any(p.is_alive() for p in procs)
-    assert names
-    assert not any(Path("/dev/shm", n).exists() for n in names)
     with pytest.raises(RuntimeError, match="closed"):
         next(pool.batches(_job(synthetic_slide), coords, tile_read_order(coords), 2))
+
+
+KILLED_RUN = """
+import os, signal, sys
+import numpy as np
+from sammil_deploy.patching.reader_pool import ReaderPool, ReadJob
+coords = np.array([[0, 0], [512, 0], [0, 512]])
+pool = ReaderPool(2)
+job = ReadJob(sys.argv[1], "auto", None, 0, 512, 224, "bicubic")
+for _patches, _rows in pool.batches(job, coords, np.arange(3), 2):
+    pass
+print(" ".join(s.name for s in pool._slots), flush=True)
+print(" ".join(map(str, pool.pids)), flush=True)
+if sys.argv[2] == "group":  # the run and its helpers at once (Ray stopping an actor, kill -9 -PGID)
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("kill", ["process", "group"])
+def test_a_killed_run_leaves_no_shared_memory_or_readers(synthetic_slide, kill):
+    """Killing the run's process alone leaves readers that must exit by themselves; killing its whole process
+    group also kills the resource tracker that would otherwise unlink leftover shared memory."""
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-c", KILLED_RUN, str(synthetic_slide), kill], capture_output=True,
+                         text=True, env=env, timeout=120, start_new_session=True)  # fmt: skip
+    assert run.returncode == -signal.SIGKILL
+    names, pids = (line.split() for line in run.stdout.splitlines())
+    assert len(names) == 6
+    assert not any(Path("/dev/shm", n).exists() for n in names)
+    deadline = time.monotonic() + 10  # the orphaned readers see their pipe close and exit
+    while time.monotonic() < deadline and any(_running(int(pid)) for pid in pids):
+        time.sleep(0.2)
+    assert not any(_running(int(pid)) for pid in pids)
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False

@@ -49,6 +49,12 @@ def _worker_main(index: int, conn: Any) -> None:
                 return
             if message[0] == "job":
                 _run_job(index, message[1:], conn, handles, slots)
+            elif message[0] == "slots":  # map the batch slots now: the main process unlinks them next
+                try:
+                    slots.attach(message[1])
+                    conn.send(("attached", 0, index, None))
+                except Exception as exc:  # noqa: BLE001 - e.g. /dev/shm full: reported, the main process decides
+                    conn.send(("attached", 0, index, _picklable(exc)))
     except (EOFError, OSError):  # the main process went away
         return
     finally:
@@ -186,6 +192,7 @@ class ReaderPool:
         proc.join(5)
         self._conns[w].close()
         self._start(w)
+        self._slot_bytes = 0  # the new process cannot map the unlinked slots: fresh ones for the next slide
 
     def _send(self, w: int, message: tuple) -> bool:
         try:
@@ -194,18 +201,49 @@ class ReaderPool:
         except (BrokenPipeError, OSError):
             return False
 
-    def _ensure_slots(self, nbytes: int) -> None:
+    def _ensure_slots(self, nbytes: int, job: ReadJob) -> None:
+        """Batch slots of ``nbytes``, mapped by every worker and then unlinked.
+
+        Unlinked at once, the segments vanish with the last process that maps them, even when the whole run is
+        killed (no ``/dev/shm`` leftovers).
+
+        Raises:
+            SlideError: A worker could not map them (e.g. ``/dev/shm`` too small) or died meanwhile.
+        """
         count = self.num_workers * self.slots_per_worker
         if nbytes <= self._slot_bytes and len(self._slots) == count:
             return
         self._free_slots()
         self._slots = [shared_memory.SharedMemory(create=True, size=max(1, nbytes)) for _ in range(count)]
+        k, waiting, error = self.slots_per_worker, set(range(self.num_workers)), None
+        for w in range(self.num_workers):
+            self._send(w, ("slots", tuple(s.name for s in self._slots[w * k : (w + 1) * k])))
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while waiting and error is None and time.monotonic() < deadline:
+            message, dead = self._receive(waiting, max(0.0, deadline - time.monotonic()))
+            if dead is not None:
+                self._replace(dead)
+                error = "a reader process died"
+            elif message is not None and message[0] == "attached":
+                waiting.discard(message[2])
+                error = None if message[3] is None else str(message[3])
+        for shm in self._slots:
+            shm.unlink()
+        if waiting or error is not None:
+            self._free_slots()
+            raise SlideError(
+                f"{Path(job.slide_path).name}: the reader processes could not map {nbytes / 2**20:.1f} MiB batch "
+                f"slots ({error or 'timed out'}); free /dev/shm space (docker: --shm-size) or lower batch_size"
+            )
         self._slot_bytes = nbytes
 
     def _free_slots(self) -> None:
+        """Unmap the slots here (they are already unlinked); a view still held elsewhere keeps its mapping alive."""
         for shm in self._slots:
-            shm.close()
-            shm.unlink()
+            try:
+                shm.close()
+            except BufferError:  # a caller still holds a batch view: the mapping goes when that view does
+                log.debug("batch slot %s still viewed; left mapped", shm.name)
         self._slots, self._slot_bytes = [], 0
 
     def batches(
@@ -224,7 +262,7 @@ class ReaderPool:
             raise RuntimeError("the reader pool is closed")
         self._job_id += 1
         job_id, coords = self._job_id, np.asarray(coords_level0_xy, np.int64)
-        self._ensure_slots(batch_size * job.out_size_px * job.out_size_px * 3)
+        self._ensure_slots(batch_size * job.out_size_px * job.out_size_px * 3, job)
         k = self.slots_per_worker
         active: set[int] = set()
         for w, run in enumerate(np.array_split(np.asarray(order, np.int64), self.num_workers)):
