@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,7 +106,18 @@ def test_cli_cohort_resumes_and_records_failures(monkeypatch, capsys, tmp_path, 
         "--batch-size",
         "4",
     )
+    from sammil_deploy.patching.reader_pool import ReaderPool
+
+    reads, read_through_pool = [], ReaderPool.batches
+
+    def spy(pool, job, *rest, **kw):  # pass-through: records which pool processes read which slide
+        reads.append((id(pool), pool.pids, Path(job.slide_path).name))
+        return read_through_pool(pool, job, *rest, **kw)
+
+    monkeypatch.setattr(ReaderPool, "batches", spy)
     code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert sorted(name for *_, name in reads) == ["syn_0.svs", "syn_1.svs"]
+    assert len({(pool, pids) for pool, pids, _ in reads}) == 1  # one set of reader processes for the run
     assert code == 1  # broken.svs failed; the others went on
     assert "syn_0.svs" in err
     assert "broken.svs" in err

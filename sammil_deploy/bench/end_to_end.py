@@ -85,9 +85,12 @@ def _infer_device(variant: Variant, suite_device: str) -> str:
 
 
 def bench_end_to_end(cfg: EndToEndBench, ctx: BenchContext) -> list[BenchmarkResult]:
-    """Time ``run_slide`` on the benchmark slide per backend variant; torch eager FP32 is the reference."""
-    from sammil_deploy.pipeline.backends import open_slide_backends
-    from sammil_deploy.pipeline.infer import InferConfig, run_slide
+    """Time ``run_slide`` on the benchmark slide per backend variant; torch eager FP32 is the reference.
+
+    Each variant's networks and reader processes are started once, untimed, as ``infer`` starts them once per
+    run; every timed call is one whole slide.
+    """
+    import contextlib
 
     if cfg.torch_reference:
         variants = reference_first(cfg.variants, "end_to_end.variants")
@@ -95,8 +98,36 @@ def bench_end_to_end(cfg: EndToEndBench, ctx: BenchContext) -> list[BenchmarkRes
         variants = tuple(Variant.parse(v, where="end_to_end.variants") for v in cfg.variants)
     slide = ctx.pipeline_slide
     size = f"{slide.name}, batch {cfg.batch_size}, {cfg.workers} workers"
-    rows: list[BenchmarkResult] = []
-    runnable = []
+    rows, runnable = _runnable(variants, ctx, size)
+    ctx.progress(f"{COMPONENT}: exporting and bundling")
+    bundle = build_bundle(ctx, tuple(runnable), cfg.batch_size)
+    calls: dict[str, Any] = {}
+    firsts: dict[str, tuple[Variant, Any]] = {}
+    last: dict[str, Any] = {}  # the last timed run's result per variant
+    with contextlib.ExitStack() as stack:
+        for variant in runnable:
+            try:
+                run = _load_variant(variant, cfg, ctx, bundle, stack)
+                first = run() if cfg.warm_up_run else None
+            except RUN_ERRORS as err:
+                reason = f"{type(err).__name__}: {err}"
+                rows.append(failed(COMPONENT, variant.backend, variant.precision, size, "patches", reason))
+                continue
+            key = str(variant)
+            calls[key] = lambda run=run, k=key: last.__setitem__(k, run())
+            firsts[key] = (variant, first)
+        ctx.progress(f"{COMPONENT}: timing {len(calls)} backends on {slide.name}")
+        stats = time_interleaved(calls, cfg.timing or ctx.timing, timer=ctx.timer)
+    for key, (variant, first) in firsts.items():
+        rows.append(_row(variant, cfg, ctx, size, last[key], stats[key], warmed=first is not None))
+    return sorted(rows, key=lambda r: [str(v) for v in variants].index(f"{r.backend}:{r.precision}"))
+
+
+def _runnable(
+    variants: tuple[Variant, ...], ctx: BenchContext, size: str
+) -> tuple[list[BenchmarkResult], list[Variant]]:
+    """``(unavailable rows, runnable variants)`` on this machine."""
+    rows, runnable = [], []
     for variant in variants:
         reason = bk.unavailable_reason(variant, ctx.device)
         if reason is None:
@@ -105,71 +136,54 @@ def bench_end_to_end(cfg: EndToEndBench, ctx: BenchContext) -> list[BenchmarkRes
             rows.append(unavailable(COMPONENT, variant.backend, variant.precision, size, "patches", reason))
         else:
             runnable.append(variant)
-    ctx.progress(f"{COMPONENT}: exporting and bundling")
-    bundle = build_bundle(ctx, tuple(runnable), cfg.batch_size)
-    calls: dict[str, Any] = {}
-    loaded: dict[str, tuple[Variant, Any, Any]] = {}
-    last: dict[str, Any] = {}  # the last timed run's result per variant
-    try:
-        for variant in runnable:
-            infer_cfg = InferConfig(
-                backend=variant.runtime.kind,
-                device=_infer_device(variant, ctx.device),
-                precision=variant.precision,
-                batch_size=cfg.batch_size,
-                num_workers=cfg.workers,
-                intra_op_threads=ctx.threads,
-            )
-            out_dir = ctx.work_dir / "end_to_end" / "out" / str(variant).replace(":", "_")
-            try:
-                models = open_slide_backends(
-                    bundle,
-                    infer_cfg.backend,
-                    device=infer_cfg.device,
-                    precision=variant.precision,
-                    intra_op_threads=ctx.threads,
-                )
-                first = run_slide(slide, bundle, infer_cfg, out_dir, models=models) if cfg.warm_up_run else None
-            except RUN_ERRORS as err:
-                reason = f"{type(err).__name__}: {err}"
-                rows.append(failed(COMPONENT, variant.backend, variant.precision, size, "patches", reason))
-                continue
-            key = str(variant)
-            calls[key] = lambda c=infer_cfg, m=models, o=out_dir, k=key: last.__setitem__(
-                k, run_slide(slide, bundle, c, o, models=m)
-            )
-            loaded[key] = (variant, models, first)
-        ctx.progress(f"{COMPONENT}: timing {len(calls)} backends on {slide.name}")
-        stats = time_interleaved(calls, cfg.timing or ctx.timing, timer=ctx.timer)
-    finally:
-        for _, models, _ in loaded.values():
-            models.close()
-    for key, (variant, _, first) in loaded.items():
-        timed = last[key]
-        stages = timed.stage_seconds
-        total = sum(stages.values())
-        rows.append(
-            BenchmarkResult(
-                COMPONENT,
-                variant.backend,
-                variant.precision,
-                size,
-                timed.n_patches,
-                "patches",
-                timing=stats[key],
-                device=ctx.device,
-                reference=variant.is_torch_eager_fp32,
-                notes={
-                    "batch_size": cfg.batch_size,
-                    "workers": cfg.workers,
-                    "stage_seconds_last_run": {k: round(v, 3) for k, v in stages.items()},
-                    "stage_shares_last_run": {k: round(v / total, 4) for k, v in stages.items()} if total else {},
-                    "untimed_warm_up_run": first is not None,
-                    "probabilities": timed.probabilities,
-                    "segmenter": "fallback",
-                    "weights": "random (speed only)",
-                    "timed_call": "run_slide: whole slide, networks preloaded, outputs written",
-                },
-            )
-        )
-    return sorted(rows, key=lambda r: [str(v) for v in variants].index(f"{r.backend}:{r.precision}"))
+    return rows, runnable
+
+
+def _load_variant(variant: Variant, cfg: EndToEndBench, ctx: BenchContext, bundle: Bundle, stack: Any) -> Any:
+    """Load the variant's networks and start its reader processes (closed by ``stack``); returns one-slide run."""
+    from sammil_deploy.patching.reader_pool import ReaderPool
+    from sammil_deploy.pipeline.backends import open_slide_backends
+    from sammil_deploy.pipeline.infer import InferConfig, run_slide
+
+    infer_cfg = InferConfig(
+        backend=variant.runtime.kind, device=_infer_device(variant, ctx.device), precision=variant.precision,
+        batch_size=cfg.batch_size, num_workers=cfg.workers, intra_op_threads=ctx.threads,
+    )  # fmt: skip
+    out_dir = ctx.work_dir / "end_to_end" / "out" / str(variant).replace(":", "_")
+    backends = open_slide_backends(
+        bundle, infer_cfg.backend, device=infer_cfg.device, precision=variant.precision, intra_op_threads=ctx.threads
+    )
+    models = stack.enter_context(backends)
+    readers = stack.enter_context(ReaderPool(cfg.workers)) if cfg.workers > 0 else None
+    slide = ctx.pipeline_slide
+    return lambda: run_slide(slide, bundle, infer_cfg, out_dir, models=models, readers=readers)
+
+
+def _row(
+    variant: Variant, cfg: EndToEndBench, ctx: BenchContext, size: str, timed: Any, timing: Any, *, warmed: bool
+) -> BenchmarkResult:
+    """The result row of one variant, with the last timed run's per-stage seconds and shares."""
+    stages = timed.stage_seconds
+    total = sum(stages.values())
+    return BenchmarkResult(
+        COMPONENT,
+        variant.backend,
+        variant.precision,
+        size,
+        timed.n_patches,
+        "patches",
+        timing=timing,
+        device=ctx.device,
+        reference=variant.is_torch_eager_fp32,
+        notes={
+            "batch_size": cfg.batch_size,
+            "workers": cfg.workers,
+            "stage_seconds_last_run": {k: round(v, 3) for k, v in stages.items()},
+            "stage_shares_last_run": {k: round(v / total, 4) for k, v in stages.items()} if total else {},
+            "untimed_warm_up_run": warmed,
+            "probabilities": timed.probabilities,
+            "segmenter": "fallback",
+            "weights": "random (speed only)",
+            "timed_call": "run_slide: whole slide, networks and reader processes started once, outputs written",
+        },
+    )

@@ -1,7 +1,7 @@
 """Our patch-feature extraction vs the CLAM-style baseline, side by side: same slide, patches and encoder.
 
 Both sides go from the slide file to an HDF5 of (N, 1024) features and coordinates; each timed call is one
-whole extraction (DataLoader creation and worker start-up included, as every slide pays them). Ours is what
+whole extraction (DataLoader or reader-process start-up included, as a one-slide run pays them). Ours is what
 ``extract`` runs: :func:`sammil_deploy.features.extract.extract_features` (the shared encoding engine: tile
 reader, uint8 NHWC batches) on the backend ``extract --backend auto`` picks on the device (ONNX Runtime on the
 CPU, fed the run's exported ONNX file; PyTorch on CUDA), plus a PyTorch-backend row that separates the engine's
@@ -56,10 +56,7 @@ def _inside_slide(slide: Path, coords_level0_xy: np.ndarray) -> np.ndarray:
 
 def bench_extraction(cfg: ExtractionBench, ctx: BenchContext) -> list[BenchmarkResult]:
     """Time the CLAM-style loop (per ``cfg.clam_workers``) and ours (per ``cfg.workers``), interleaved."""
-    import h5py
-    import torch
-
-    from sammil_deploy.bench.clam_baseline import clam_num_workers, clam_style_extract, write_coords_h5
+    from sammil_deploy.bench.clam_baseline import write_coords_h5
     from sammil_deploy.bench.components import resnet50_network
     from sammil_deploy.features.encoders import create_encoder
 
@@ -67,34 +64,13 @@ def bench_extraction(cfg: ExtractionBench, ctx: BenchContext) -> list[BenchmarkR
     folder.mkdir(parents=True, exist_ok=True)
     slide = ctx.pipeline_slide
     coords = tissue_coords_level0_xy(slide, PATCH_PX, cfg.patches)
-    inside = _inside_slide(slide, coords)
     coords_h5 = write_coords_h5(folder / "coords.h5", coords, PATCH_PX)
     encoder = create_encoder("resnet50_trunc", weights=ctx.encoder_weights())
-    device = torch.device(ctx.device)
     onnx = None
-    if device.type == "cpu":  # what `extract --backend auto` runs on the CPU: the encoder's ONNX export
+    if ctx.device.startswith("cpu"):  # what `extract --backend auto` runs on the CPU: the encoder's ONNX export
         net = resnet50_network(ctx)
         onnx = ctx.exports.onnx_path(net.name, net.module, net.spec, net.example, "fp32")
-    size = f"{cfg.patches} patches {PATCH_PX}->{encoder.input_size_px} px, batch {cfg.batch_size}"
-
-    calls: dict[str, Any] = {}
-    labels: dict[str, tuple[str, str, int, str]] = {}  # key -> backend label, precision, workers, output
-    for requested in cfg.clam_workers:
-        workers = clam_num_workers(ctx.device) if requested < 0 else requested
-        key = f"clam-{requested}"
-        out = folder / f"{key}.h5"
-        calls[key] = lambda out=out, workers=workers: clam_style_extract(
-            slide,
-            coords_h5,
-            encoder,
-            out,
-            batch_size=cfg.batch_size,
-            num_workers=workers,
-            device=device,
-            interpolation=cfg.interpolation,
-        )
-        rule = " (CLAM's choice)" if requested < 0 else ""
-        labels[key] = (f"clam-style, {workers} workers{rule}", "fp32", workers, str(out))
+    calls, labels = _clam_calls(cfg, ctx, slide, coords_h5, encoder, folder)
     backends = _our_backends(encoder, ctx, cfg, onnx)
     for workers in cfg.workers:
         for kind, backend in backends.items():
@@ -118,42 +94,76 @@ def bench_extraction(cfg: ExtractionBench, ctx: BenchContext) -> list[BenchmarkR
     finally:
         for backend in backends.values():
             backend.close()
-    first = next(iter(calls))
+    size = f"{cfg.patches} patches {PATCH_PX}->{encoder.input_size_px} px, batch {cfg.batch_size}"
+    return _rows(cfg, ctx, slide, coords, size, stats, labels, first=next(iter(calls)))
+
+
+def _clam_calls(
+    cfg: ExtractionBench, ctx: BenchContext, slide: Path, coords_h5: Path, encoder: PatchEncoder, folder: Path
+) -> tuple[dict[str, Any], dict[str, tuple[str, str, int, str]]]:
+    """``(timed calls, labels)`` of the CLAM-style loop per ``cfg.clam_workers``.
+
+    Labels map each key to ``(backend label, precision, workers, output HDF5)``.
+    """
+    import torch
+
+    from sammil_deploy.bench.clam_baseline import clam_num_workers, clam_style_extract
+
+    calls: dict[str, Any] = {}
+    labels: dict[str, tuple[str, str, int, str]] = {}
+    for requested in cfg.clam_workers:
+        workers = clam_num_workers(ctx.device) if requested < 0 else requested
+        key = f"clam-{requested}"
+        out = folder / f"{key}.h5"
+        calls[key] = lambda out=out, workers=workers: clam_style_extract(
+            slide, coords_h5, encoder, out, batch_size=cfg.batch_size, num_workers=workers,
+            device=torch.device(ctx.device), interpolation=cfg.interpolation,
+        )  # fmt: skip
+        rule = " (CLAM's choice)" if requested < 0 else ""
+        labels[key] = (f"clam-style, {workers} workers{rule}", "fp32", workers, str(out))
+    return calls, labels
+
+
+def _rows(
+    cfg: ExtractionBench,
+    ctx: BenchContext,
+    slide: Path,
+    coords: np.ndarray,
+    size: str,
+    stats: dict[str, Any],
+    labels: dict[str, tuple[str, str, int, str]],
+    *,
+    first: str,
+) -> list[BenchmarkResult]:
+    """One row per timed loop, with its features' agreement with the reference loop ``first``."""
+    import h5py
+
+    inside = _inside_slide(slide, coords)
     with h5py.File(labels[first][3], "r") as f:
         reference = {"features": f["features"][:]}
     rows = []
-    for key in calls:
-        backend, precision, workers, out = labels[key]
+    for key, (backend, precision, workers, out) in labels.items():
         with h5py.File(out, "r") as f:
             features = f["features"][:]
-        rows.append(
-            BenchmarkResult(
-                COMPONENT,
-                backend,
-                precision,
-                size,
-                cfg.patches,
-                "patches",
-                timing=stats[key],
-                device=ctx.device,
-                reference=key == first,
-                notes={
-                    "workers": workers,
-                    "batch_size": cfg.batch_size,
-                    "interpolation": cfg.interpolation,
-                    "features_vs_reference": parity(reference, {"features": features}),
-                    # CLAM's read_region(...).convert("RGB") turns OpenSlide's transparent padding past the slide
-                    # border black; our reader pads white, so only those patches may differ.
-                    "features_vs_reference_inside_slide": parity(
-                        {"features": reference["features"][inside]}, {"features": features[inside]}
-                    ),
-                    "patches_past_border": int((~inside).sum()),
-                    "weights": "random (speed only)",
-                    "slide": slide.name,
-                    "timed_call": "slide file -> features HDF5, loader start-up included",
-                },
-            )
-        )
+        rows.append(BenchmarkResult(
+            COMPONENT, backend, precision, size, cfg.patches, "patches", timing=stats[key], device=ctx.device,
+            reference=key == first,
+            notes={
+                "workers": workers,
+                "batch_size": cfg.batch_size,
+                "interpolation": cfg.interpolation,
+                "features_vs_reference": parity(reference, {"features": features}),
+                # CLAM's read_region(...).convert("RGB") turns OpenSlide's transparent padding past the slide
+                # border black; our reader pads white, so only those patches may differ.
+                "features_vs_reference_inside_slide": parity(
+                    {"features": reference["features"][inside]}, {"features": features[inside]}
+                ),
+                "patches_past_border": int((~inside).sum()),
+                "weights": "random (speed only)",
+                "slide": slide.name,
+                "timed_call": "slide file -> features HDF5, reader start-up included (a one-slide run)",
+            },
+        ))  # fmt: skip
     return rows
 
 

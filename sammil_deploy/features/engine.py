@@ -1,7 +1,8 @@
 """The one patch-encoding engine of ``extract``, ``infer`` and the benchmarks.
 
-Slide file → reader worker processes (one slide handle each, :class:`PatchDataset`) → uint8 NHWC patches resized
-in the workers → batches (pinned on CUDA) → a :class:`~sammil_deploy.runtime.Backend` that takes
+Slide file → reader processes (:class:`~sammil_deploy.patching.reader_pool.ReaderPool`, started once per run and
+kept for every slide) → whole uint8 NHWC batches resized in the workers, in shared memory → (pinned on CUDA) → a
+:class:`~sammil_deploy.runtime.Backend` that takes
 ``patches (B, S, S, 3) uint8`` and does the normalisation itself (``features.encoders.NormalizedEncoder`` in PyTorch,
 the exported ONNX file, the TensorRT plan) → ``(N, D)`` float32 features in grid order.
 
@@ -12,17 +13,18 @@ decoded by two workers but at run boundaries), and rows are scattered back to gr
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch.utils.data import Sampler
 
 if TYPE_CHECKING:
     import torch
 
+    from sammil_deploy.patching.reader_pool import ReaderPool
     from sammil_deploy.runtime import Backend
 
 log = logging.getLogger(__name__)
@@ -73,34 +75,6 @@ def tile_read_order(coords_level0_xy: np.ndarray) -> np.ndarray:
     return np.lexsort((coords[:, 0], coords[:, 1])) if len(coords) else np.zeros(0, np.int64)
 
 
-class WorkerRunBatches(Sampler[list[int]]):
-    """Batches of ``order`` such that DataLoader worker ``w`` reads the ``w``-th contiguous run of ``order``.
-
-    The DataLoader hands batch ``k`` to worker ``k % W``; with no workers the batches simply follow ``order``.
-
-    Args:
-        order: Row indices in read order.
-        batch_size: Rows per batch.
-        num_workers: DataLoader workers W.
-    """
-
-    def __init__(self, order: np.ndarray, batch_size: int, num_workers: int) -> None:
-        workers = max(1, num_workers)
-        runs = np.array_split(np.asarray(order, np.int64), workers)
-        per_run = [[run[i : i + batch_size].tolist() for i in range(0, len(run), batch_size)] for run in runs]
-        self._batches: list[list[int]] = []
-        # Round-robin over the runs is what the DataLoader does over its workers; once a run is exhausted its
-        # worker would get the next run's batches, which is harmless (only a few batches at the end).
-        for k in range(max((len(b) for b in per_run), default=0)):
-            self._batches.extend(b[k] for b in per_run if k < len(b))
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches)
-
-    def __len__(self) -> int:
-        return len(self._batches)
-
-
 def encode_patches(
     slide_path: Path | str,
     coords_level0_xy: np.ndarray,
@@ -117,6 +91,7 @@ def encode_patches(
     resize: str = "auto",
     mpp: float | None = None,
     progress: ProgressFn | None = None,
+    pool: ReaderPool | None = None,
 ) -> np.ndarray:
     """Encode every patch with a feature backend taking ``patches (B, S, S, 3) uint8`` RGB.
 
@@ -129,13 +104,16 @@ def encode_patches(
         input_size_px: Encoder input side S; patches are resized to it in the workers.
         interpolation: ``bicubic`` or ``bilinear`` (antialiased, as PIL).
         batch_size: Patches per backend call.
-        num_workers: Reader processes (0: read in this process, no overlap).
-        prefetch_batches: Batches each worker keeps ready (bounds the queue and its memory).
+        num_workers: Reader processes started for this call when no ``pool`` is given (0: read in this
+            process, no overlap).
+        prefetch_batches: Batches each worker keeps ready (bounds the shared memory), for a pool started here.
         reader: Slide reader (``auto``, ``openslide``, ``tiled``; see :func:`sammil_deploy.slide.open_slide`).
         resize: Where to resize (:func:`resize_place`): ``host`` (PIL in the workers), ``device`` (the batch,
             with :func:`resize_batch`) or ``auto``.
         mpp: Optional mpp override for slides without metadata.
         progress: Called as ``progress(done, total)`` after each batch.
+        pool: Reader processes kept for many slides (:class:`~sammil_deploy.patching.reader_pool.ReaderPool`);
+            wins over ``num_workers``.
 
     Returns:
         (N, D) float32 features in the order of ``coords_level0_xy``.
@@ -144,55 +122,56 @@ def encode_patches(
         SlideError: If a patch cannot be read.
         InputSpecError, BackendError: If the backend refuses the batch.
     """
-    from torch.utils.data import DataLoader
+    from sammil_deploy.patching.reader_pool import ReaderPool, ReadJob, read_batches_inline
 
-    from sammil_deploy.features.preprocess_ops import PatchTransform
-    from sammil_deploy.patching.dataset import PatchDataset
-
-    coords = np.asarray(coords_level0_xy)
+    coords = np.asarray(coords_level0_xy, np.int64)
     dim = int(backend.output_spec[0].shape[-1])
     out = np.empty((len(coords), dim), np.float32)
     if len(coords) == 0:
         return out
-    on_cuda = backend.device.startswith("cuda")
     on_device = resize_place(resize, backend.device) == "device"
-    worker_size_px = read_size_px if on_device else input_size_px  # PatchTransform leaves S x S patches alone
-    dataset = PatchDataset(
-        slide_path, coords, None, patch_level, PatchTransform(worker_size_px, interpolation, channels_last=True),
-        read_size_px=read_size_px, mpp=mpp, reader=reader,
+    job = ReadJob(
+        str(slide_path), reader, mpp, int(patch_level), int(read_size_px),
+        int(read_size_px if on_device else input_size_px), interpolation,
     )  # fmt: skip
-    resize_fn = (lambda batch: resize_batch(batch, input_size_px, interpolation)) if on_device else (lambda b: b)
-    workers = max(0, int(num_workers))
-    loader = DataLoader(
-        dataset,
-        batch_sampler=WorkerRunBatches(tile_read_order(coords), batch_size, workers),
-        num_workers=workers,
-        pin_memory=on_cuda,
-        prefetch_factor=max(1, prefetch_batches) if workers else None,
-    )
-    try:
-        run = _run_cuda if on_cuda else _run_host
-        run(loader, backend, out, progress, resize_fn)
-    finally:
-        dataset.close()
+    resize_fn = (lambda batch: resize_batch(batch, input_size_px, interpolation)) if on_device else None
+    order = tile_read_order(coords)
+    with contextlib.ExitStack() as stack:
+        if pool is None and num_workers > 0:
+            pool = stack.enter_context(ReaderPool(int(num_workers), prefetch_batches=prefetch_batches))
+        if pool is None:
+            batches = read_batches_inline(job, coords, order, batch_size)
+        else:
+            batches = pool.batches(job, coords, order, batch_size)
+        stack.callback(batches.close)  # stops the workers' reads if encoding fails
+        run = _run_cuda if backend.device.startswith("cuda") else _run_host
+        run(batches, backend, out, progress, resize_fn)
     return out
 
 
-def _run_host(loader: Any, backend: Backend, out: np.ndarray, progress: ProgressFn | None, resize: Any) -> None:
-    """Batches straight into ``backend.infer`` (CPU backends)."""
+Batches = Iterable[tuple[np.ndarray, np.ndarray]]
+
+
+def _run_host(batches: Batches, backend: Backend, out: np.ndarray, progress: ProgressFn | None, resize: Any) -> None:
+    """Batches (views of the readers' shared memory) straight into ``backend.infer`` (CPU backends)."""
+    import torch
+
     done = 0
-    for patches, rows in loader:
-        out[rows.numpy()] = backend.infer({"patches": resize(patches)})["features"]
+    for patches, rows in batches:
+        x = patches if resize is None else resize(torch.from_numpy(patches))
+        out[rows] = backend.infer({"patches": x})["features"]
         done += len(rows)
         if progress is not None:
             progress(done, len(out))
 
 
-def _run_cuda(loader: Any, backend: Backend, out: np.ndarray, progress: ProgressFn | None, resize: Any) -> None:
+def _run_cuda(batches: Batches, backend: Backend, out: np.ndarray, progress: ProgressFn | None, resize: Any) -> None:
     """Double-buffered GPU loop: copies overlap compute, and the host waits for a batch one batch later.
 
-    Batch k+1's pinned host→device copy (side stream) and batch k-1's device→host feature copy overlap batch
-    k's compute.
+    Each batch is copied once from the readers' shared memory into pinned memory (torch's caching host allocator
+    reuses a pinned block only after the copies queued from it are done), so its slot goes back to the reader at
+    once. Batch k+1's pinned host→device copy (side stream) and batch k-1's device→host feature copy overlap
+    batch k's compute.
     """
     import torch
 
@@ -208,18 +187,20 @@ def _run_cuda(loader: Any, backend: Backend, out: np.ndarray, progress: Progress
             return
         host, rows, ready = pending
         ready.synchronize()
-        out[rows.numpy()] = host.numpy()
+        out[rows] = host.numpy()
         done += len(rows)
         pending = None
         if progress is not None:
             progress(done, len(out))
 
-    for patches, rows in loader:  # pinned by the DataLoader's pin-memory thread
+    for patches, rows in batches:
+        pinned = torch.empty(patches.shape, dtype=torch.uint8, pin_memory=True)
+        pinned.numpy()[...] = patches
         with torch.cuda.stream(copy_stream):
-            on_device = patches.to(device, non_blocking=True)
+            on_device = pinned.to(device, non_blocking=True)
         compute.wait_stream(copy_stream)  # queued behind the copy on the GPU; the host does not wait
         on_device.record_stream(compute)  # the caching allocator must not reuse it before compute is done
-        on_device = resize(on_device)
+        on_device = on_device if resize is None else resize(on_device)
         if backend.kind != "torch":  # TensorRT / ONNX Runtime run on their own streams: inputs must be ready
             compute.synchronize()
         features = backend.infer_torch({"patches": on_device})["features"]

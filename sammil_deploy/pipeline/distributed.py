@@ -1,7 +1,7 @@
 """Cohort inference over several GPUs / nodes with Ray (optional extra: ``pip install 'sammil-deploy[ray]'``).
 
 One Ray actor per GPU (or, on CPU-only clusters, per ``workers`` slot) loads the bundle and its networks once
-and owns its patch-reader pool (the DataLoader worker processes of ``encode_patches``); the driver skips slides
+and owns its patch-reader processes (``patching.reader_pool``, started once per actor); the driver skips slides
 whose report exists, hands the others out one at a time (so fast workers take more), gathers the records and
 writes the same outputs and ``summary.csv`` as a single-machine run. Outputs are written by the actors straight
 into ``out_dir``, so on a multi-node cluster ``out_dir``, the slides and the bundle must be on a shared
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 class InferWorker:
-    """What each Ray actor runs: the bundle and networks loaded once, then one slide per call."""
+    """What each Ray actor runs: the bundle, networks and reader processes started once, then one slide per call."""
 
     def __init__(self, bundle_dir: str, cfg: InferConfig, out_dir: str, lock_stale_s: float | None = None) -> None:
         from sammil_deploy.bundle import load_bundle
@@ -52,12 +52,17 @@ class InferWorker:
         self.out_dir = Path(out_dir)
         self.lock_stale_s = lock_stale_s
         self.init_error: SammilError | None = None
+        self.readers = None
         try:  # kept for ready(): a constructor that raises would be retried by Ray, and its message is lost
             self.bundle = load_bundle(Path(bundle_dir))
             self.models = open_slide_backends(self.bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
                                       intra_op_threads=cfg.intra_op_threads)  # fmt: skip
         except SammilError as err:
             self.init_error = err
+        if self.init_error is None and cfg.num_workers > 0:
+            from sammil_deploy.patching.reader_pool import ReaderPool
+
+            self.readers = ReaderPool(cfg.num_workers, prefetch_batches=cfg.prefetch_batches)
 
     def run(self, slide: str) -> tuple[str, str, float, SlideResult | None, str | None, str | None]:
         """``(slide, status, seconds, result, error_type, detail)``; SammilErrors become ``failed`` records.
@@ -72,7 +77,8 @@ class InferWorker:
             if holder is not None:
                 return slide, "locked", 0.0, None, None, f"locked by another run ({holder.describe()})"
             try:
-                result = run_slide(Path(slide), self.bundle, self.cfg, self.out_dir, models=self.models)
+                result = run_slide(Path(slide), self.bundle, self.cfg, self.out_dir, models=self.models,
+                                   readers=self.readers)  # fmt: skip
             except SammilError as err:
                 return slide, "failed", time.perf_counter() - start, None, type(err).__name__, str(err)
         return slide, "done", time.perf_counter() - start, result, None, None
@@ -86,7 +92,9 @@ class InferWorker:
         return ray.get_runtime_context().get_node_id()
 
     def close(self) -> None:
-        """Release the networks."""
+        """Release the networks and stop the reader processes."""
+        if self.readers is not None:
+            self.readers.close()
         if self.init_error is None:
             self.models.close()
 

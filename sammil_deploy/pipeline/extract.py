@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sammil_deploy.config import load_config, to_dict
-from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord, run_batch
-from sammil_deploy.pipeline.lookahead import Lookahead
+from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord
+from sammil_deploy.pipeline.lookahead import run_slides_ahead
 from sammil_deploy.preprocessing import SlideExtractConfig
 from sammil_deploy.tissue import with_tissue_preset
 
 if TYPE_CHECKING:
     from sammil_deploy.features.encoders import PatchEncoder
     from sammil_deploy.patching import PatchGrid
+    from sammil_deploy.patching.reader_pool import ReaderPool
     from sammil_deploy.runtime import Backend
     from sammil_deploy.segment import PatchAssignment, SamImage, Segmentation, Segmenter
     from sammil_deploy.slide import SlideInfo
@@ -126,6 +127,7 @@ def extract_slide(
     segmenter: Segmenter | None = None,
     progress: PatchProgress | None = None,
     prepared: PreparedExtract | None = None,
+    readers: ReaderPool | None = None,
 ) -> ExtractResult:
     """Run the whole extraction on one slide and write its feature file.
 
@@ -139,6 +141,7 @@ def extract_slide(
         segmenter: A segmenter to reuse across slides (``segment.create_segmenter``); built when needed.
         progress: Called as ``progress(slide, patches_done, patches_total)`` during feature extraction.
         prepared: The slide's :func:`prepare_extract` result when it was prepared ahead; done here when None.
+        readers: Reader processes kept across slides; started for this slide when None.
 
     Returns:
         Counts, provenance and per-stage timings.
@@ -147,74 +150,36 @@ def extract_slide(
         SlideError, TissueError, PatchingError, SegmentationError, WeightsError, ConfigError: On bad input;
             nothing is left in ``out_dir`` for this slide then.
     """
-    from sammil_deploy.features.bag import FeatureBag
-    from sammil_deploy.features.engine import resize_method, resize_place
+    from sammil_deploy.features.engine import encode_patches
     from sammil_deploy.features.extract import build_encoder
-    from sammil_deploy.features.store import write_bag
     from sammil_deploy.pipeline.feature_backend import open_feature_backend
-    from sammil_deploy.pipeline.stages import encode_patches, spatial_context
-    from sammil_deploy.segment.io import save_segmentation
+    from sammil_deploy.pipeline.stages import spatial_context
 
     path = Path(path)
     encoder = encoder if encoder is not None else build_encoder(cfg.features)
     if backend is None:
         with open_feature_backend(encoder, cfg.features) as own:
-            return extract_slide(
-                path, cfg, out_dir, encoder=encoder, backend=own, segmenter=segmenter, progress=progress
-            )
+            return extract_slide(path, cfg, out_dir, encoder=encoder, backend=own, segmenter=segmenter,
+                                 progress=progress, prepared=prepared, readers=readers)  # fmt: skip
     prepared = prepared if prepared is not None else prepare_extract(path, cfg, segmenter=segmenter)
-    info, reader_name, grid, stages, start = (
-        prepared.info,
-        prepared.reader_name,
-        prepared.grid,
-        prepared.stages,
-        prepared.start,
-    )
-    sam_image, segmentation, assignment = prepared.sam_image, prepared.segmentation, prepared.assignment
-
+    grid, stages, start = prepared.grid, prepared.stages, prepared.start
     features = encode_patches(
-        path, grid, backend, input_size_px=encoder.input_size_px,
-        interpolation=cfg.features.interpolation or encoder.interpolation, batch_size=cfg.features.batch_size,
-        num_workers=cfg.features.num_workers, reader=cfg.features.reader, resize=cfg.features.resize, mpp=cfg.mpp,
+        path, grid.coords_level0_xy, backend, patch_level=grid.patch_level, read_size_px=grid.patch_size_px,
+        input_size_px=encoder.input_size_px, interpolation=cfg.features.interpolation or encoder.interpolation,
+        batch_size=cfg.features.batch_size, num_workers=cfg.features.num_workers, reader=cfg.features.reader,
+        resize=cfg.features.resize, mpp=cfg.mpp, pool=readers,
         progress=None if progress is None else lambda done, total: progress(path, done, total),
     )  # fmt: skip
     stages["features"] = _lap(start, stages)
-
-    context = spatial_context(features, assignment)
-    bag = FeatureBag(
-        slide_id=info.slide_id,
-        coords_level0_xy=grid.coords_level0_xy,
-        features=features,
-        patch_size_level0_px=grid.patch_size_level0_px,
-        patch_level=grid.patch_level,
-        context=context,
-        attrs=_provenance(cfg, encoder, info, grid, segmentation.config, assignment.mode)
-        | {
-            "feature_backend": backend_label(backend),
-            "slide_reader": reader_name,
-            "resize_method": resize_method(
-                cfg.features.interpolation or encoder.interpolation, resize_place(cfg.features.resize, backend.device)
-            ),
-        },
-    )
-    out_path, seg_path = features_path_for(out_dir, path), segments_path_for(out_dir, path)
-    saved_seg: Path | None = None
-    try:
-        if cfg.save_segmentation:
-            seg_path.parent.mkdir(parents=True, exist_ok=True)
-            saved_seg = save_segmentation(seg_path, sam_image, segmentation)
-        write_bag(out_path, bag)  # last: its presence marks the slide done
-    except BaseException:
-        if saved_seg is not None:
-            saved_seg.unlink(missing_ok=True)
-        raise
+    context = spatial_context(features, prepared.assignment)
+    out_path, saved_seg = _write_slide(path, cfg, out_dir, encoder, backend, prepared, features, context)
     stages["write"] = _lap(start, stages)
     return ExtractResult(
-        slide_id=info.slide_id,
+        slide_id=prepared.info.slide_id,
         features_path=out_path,
         segments_path=saved_seg,
         n_patches=len(grid),
-        n_masks=len(segmentation.crops),
+        n_masks=len(prepared.segmentation.crops),
         n_groups=context.n_groups,
         segmenter=context.segmenter,
         encoder=encoder.name,
@@ -224,10 +189,58 @@ def extract_slide(
     )
 
 
+def _write_slide(
+    path: Path,
+    cfg: SlideExtractConfig,
+    out_dir: Path,
+    encoder: PatchEncoder,
+    backend: Backend,
+    prepared: PreparedExtract,
+    features: Any,
+    context: Any,
+) -> tuple[Path, Path | None]:
+    """Write ``segments/<id>.npz`` (when asked) and then the feature file; returns both paths."""
+    from sammil_deploy.features.bag import FeatureBag
+    from sammil_deploy.features.engine import resize_place
+    from sammil_deploy.features.store import write_bag
+    from sammil_deploy.pipeline.stages import bag_attrs
+    from sammil_deploy.segment.io import save_segmentation
+
+    grid, interpolation = prepared.grid, cfg.features.interpolation or encoder.interpolation
+    attrs = bag_attrs(
+        encoder_meta=encoder.meta.to_dict(), interpolation=interpolation, precision=cfg.features.precision,
+        extract_config=to_dict(cfg), info=prepared.info, grid=grid, segmenter_config=prepared.segmentation.config,
+        membership=prepared.assignment.mode, feature_backend=backend_label(backend),
+        slide_reader=prepared.reader_name, resize_place=resize_place(cfg.features.resize, backend.device),
+    )  # fmt: skip
+    bag = FeatureBag(
+        slide_id=prepared.info.slide_id,
+        coords_level0_xy=grid.coords_level0_xy,
+        features=features,
+        patch_size_level0_px=grid.patch_size_level0_px,
+        patch_level=grid.patch_level,
+        context=context,
+        attrs=attrs,
+    )
+    out_path, seg_path = features_path_for(out_dir, path), segments_path_for(out_dir, path)
+    saved_seg: Path | None = None
+    try:
+        if cfg.save_segmentation:
+            seg_path.parent.mkdir(parents=True, exist_ok=True)
+            saved_seg = save_segmentation(seg_path, prepared.sam_image, prepared.segmentation)
+        write_bag(out_path, bag)  # last: its presence marks the slide done
+    except BaseException:
+        if saved_seg is not None:
+            saved_seg.unlink(missing_ok=True)
+        raise
+    return out_path, saved_seg
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedExtract:
     """A slide after tissue detection, patch grid and segmentation (what can run one slide ahead)."""
 
+    path: Path
     info: SlideInfo
     reader_name: str
     grid: PatchGrid
@@ -266,7 +279,7 @@ def prepare_extract(path: Path, cfg: SlideExtractConfig, *, segmenter: Segmenter
             segmenter=segmenter,
         )
         stages["segmentation"] = _lap(start, stages)
-    return PreparedExtract(info, reader.name, grid, sam_image, segmentation, assignment, stages, start)
+    return PreparedExtract(Path(path), info, reader.name, grid, sam_image, segmentation, assignment, stages, start)
 
 
 def extract_slides(
@@ -304,33 +317,36 @@ def extract_slides(
     """
     from sammil_deploy.features.extract import build_encoder
     from sammil_deploy.pipeline.feature_backend import open_feature_backend
+    from sammil_deploy.segment import create_segmenter
 
     paths = [Path(p) for p in paths]
     todo = [p for p in paths if overwrite or not features_path_for(out_dir, p).exists()]
     encoder = build_encoder(cfg.features) if todo else None
     backend = open_feature_backend(encoder, cfg.features) if encoder is not None else None
     try:
-        from sammil_deploy.segment import create_segmenter
-
         segmenter = create_segmenter(cfg.segment) if todo else None  # loads SAM once
-        with Lookahead(todo, lambda p: prepare_extract(p, cfg, segmenter=segmenter), lambda _: None) as ahead:
-            return run_batch(
-                paths,
-                lambda p: extract_slide(
-                    p,
-                    cfg,
-                    out_dir,
-                    encoder=encoder,
-                    backend=backend,
-                    segmenter=segmenter,
-                    progress=progress,
-                    prepared=ahead.take(p),
-                ),  # fmt: skip
-                lambda p: features_path_for(out_dir, p),
-                overwrite=overwrite,
-                continue_on_error=continue_on_error,
-                on_record=on_record,
-            )
+        return run_slides_ahead(
+            paths,
+            todo,
+            lambda p: prepare_extract(p, cfg, segmenter=segmenter),
+            lambda _prepared: None,
+            lambda ready, readers: extract_slide(
+                ready.path,
+                cfg,
+                out_dir,
+                encoder=encoder,
+                backend=backend,
+                segmenter=segmenter,
+                progress=progress,
+                prepared=ready,
+                readers=readers,
+            ),
+            lambda p: features_path_for(out_dir, p),
+            num_workers=cfg.features.num_workers,
+            overwrite=overwrite,
+            continue_on_error=continue_on_error,
+            on_record=on_record,
+        )
     finally:
         if backend is not None:
             backend.close()
@@ -339,29 +355,6 @@ def extract_slides(
 def _lap(start: float, stages: Mapping[str, float] | None = None) -> float:
     """Seconds since ``start`` minus the stages already timed."""
     return time.perf_counter() - start - sum((stages or {}).values())
-
-
-def _provenance(
-    cfg: SlideExtractConfig,
-    encoder: PatchEncoder,
-    info: SlideInfo,
-    grid: PatchGrid,
-    seg_config: dict[str, Any],
-    membership: str,
-) -> dict[str, Any]:
-    """File attrs: encoder and weights, every stage config, slide geometry (the store adds the version)."""
-    from sammil_deploy.pipeline.stages import bag_attrs
-
-    return bag_attrs(
-        encoder_meta=encoder.meta.to_dict(),
-        interpolation=cfg.features.interpolation or encoder.interpolation,
-        precision=cfg.features.precision,
-        extract_config=to_dict(cfg),
-        info=info,
-        grid=grid,
-        segmenter_config=seg_config,
-        membership=membership,
-    )
 
 
 def backend_label(backend: Backend) -> str:

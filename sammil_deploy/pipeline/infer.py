@@ -2,9 +2,10 @@
 
 Per slide, under ``out_dir``: ``heatmaps/<id>.png``, ``geojson/<id>.geojson``, optionally ``features/<id>.h5``
 (the ``extract`` layout, so inference doubles as extraction) and, written last, ``reports/<id>.json`` whose
-presence marks the slide done. Patches are read and resized by DataLoader worker processes while the encoder
-runs (bounded prefetch, pinned memory on CUDA); in a cohort, the next slide's tissue detection and segmentation
-run in a helper thread meanwhile (``pipeline.lookahead``, one slide ahead). Only the thumbnail, the SAM image
+presence marks the slide done. Patches are read and resized by reader processes started once per run
+(``patching.reader_pool``) while the encoder runs (bounded prefetch, pinned memory on CUDA); in a cohort, the
+next slide's tissue detection and segmentation run in a helper thread meanwhile (``pipeline.lookahead``, one
+slide ahead). Only the thumbnail, the SAM image
 and the (N, D) features are held in memory, never a full-resolution slide array.
 """
 
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sammil_deploy.config import load_config
 from sammil_deploy.errors import ConfigError
-from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord, run_batch
+from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord
 from sammil_deploy.pipeline.infer_types import (
     OUTPUT_DIRS,
     STAGES,
@@ -27,11 +28,12 @@ from sammil_deploy.pipeline.infer_types import (
     config_snapshot,
     output_path,
 )
-from sammil_deploy.pipeline.lookahead import Lookahead
+from sammil_deploy.pipeline.lookahead import run_slides_ahead
 from sammil_deploy.pipeline.slide_steps import finish_slide, prepare_slide
 
 if TYPE_CHECKING:
     from sammil_deploy.bundle import Bundle
+    from sammil_deploy.patching.reader_pool import ReaderPool
     from sammil_deploy.pipeline.backends import SlideBackends
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ def run_slide(
     *,
     models: SlideBackends | None = None,
     progress: StageProgress | None = None,
+    readers: ReaderPool | None = None,
 ) -> SlideResult:
     """Run the whole pipeline on one slide and write its outputs (report last, each file atomically).
 
@@ -74,6 +77,7 @@ def run_slide(
         out_dir: Output root.
         models: Networks loaded once for many slides (``open_slide_backends``); loaded (and closed) here when None.
         progress: ``progress(slide, stage, done, total)`` at each stage start (0, 1) and per encoder batch.
+        readers: Reader processes kept across slides (``patching.reader_pool``); started for this slide when None.
 
     Returns:
         The report, output paths, attention and timings.
@@ -87,10 +91,10 @@ def run_slide(
     if models is None:
         with open_slide_backends(bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
                          intra_op_threads=cfg.intra_op_threads) as own:  # fmt: skip
-            return run_slide(path, bundle, cfg, out_dir, models=own, progress=progress)
+            return run_slide(path, bundle, cfg, out_dir, models=own, progress=progress, readers=readers)
     prepared = prepare_slide(path, bundle, cfg, models, progress=progress)
     try:
-        return finish_slide(prepared, bundle, cfg, out_dir, models, progress=progress)
+        return finish_slide(prepared, bundle, cfg, out_dir, models, progress=progress, readers=readers)
     finally:
         prepared.reader.close()
 
@@ -126,25 +130,22 @@ def run_slides(
         models = open_slide_backends(bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
                              intra_op_threads=cfg.intra_op_threads)  # fmt: skip
     try:
-        # Slide k+1 is prepared (tissue, grid, segmentation) in a helper thread while slide k is encoded.
-        with Lookahead(todo, lambda p: prepare_slide(p, bundle, cfg, models, progress=progress),
-                       lambda prepared: prepared.reader.close()) as ahead:  # fmt: skip
-
-            def process(p: Path) -> SlideResult:
-                prepared = ahead.take(p)
-                try:
-                    return finish_slide(prepared, bundle, cfg, out_dir, models, progress=progress)
-                finally:
-                    prepared.reader.close()
-
-            summary = run_batch(
-                paths,
-                process,
-                lambda p: output_path(out_dir, p, "report"),
-                overwrite=overwrite,
-                continue_on_error=continue_on_error,
-                on_record=on_record,
-            )
+        # One reader pool for the run; slide k+1 is prepared (tissue, grid, segmentation) while slide k is encoded.
+        summary = run_slides_ahead(
+            paths,
+            todo,
+            lambda p: prepare_slide(p, bundle, cfg, models, progress=progress),
+            lambda prepared: prepared.reader.close(),
+            lambda prepared, readers: finish_slide(
+                prepared, bundle, cfg, out_dir, models, progress=progress, readers=readers
+            ),  # fmt: skip
+            lambda p: output_path(out_dir, p, "report"),
+            num_workers=cfg.num_workers,
+            prefetch_batches=cfg.prefetch_batches,
+            overwrite=overwrite,
+            continue_on_error=continue_on_error,
+            on_record=on_record,
+        )
     finally:
         if models is not None:
             models.close()

@@ -7,22 +7,30 @@ releases the GIL (OpenSlide, OpenCV, numpy, PyTorch/ONNX Runtime for SAM), so on
 the next slide meanwhile. At most one slide is prepared ahead (bounded memory: one SAM image and mask set).
 
 While a Lookahead is open, numpy's BLAS runs single-threaded. OpenBLAS shuts its thread pool down in a fork
-handler; when the encode part forks its DataLoader workers while the helper thread is inside a BLAS call (the
-fallback segmenter's k-means), that call waits for the killed pool forever, spinning a core (seen on the demo).
-Single-threaded BLAS has no pool to kill; PyTorch's own threads (OpenMP) are not affected.
+handler; when anything forks while the helper thread is inside a BLAS call (the fallback segmenter's k-means),
+that call waits for the killed pool forever, spinning a core (seen on the demo, when DataLoader workers were
+forked per slide). The reader processes are now spawned once, before the helper thread starts
+(:func:`run_slides_ahead`), and single-threaded BLAS keeps any other fork safe.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from sammil_deploy.pipeline.batch import BatchSummary, SlideRecord, run_batch
+
+if TYPE_CHECKING:
+    from sammil_deploy.patching.reader_pool import ReaderPool
 
 log = logging.getLogger(__name__)
 
 P = TypeVar("P")
+R = TypeVar("R")
 
 
 class Lookahead(Generic[P]):
@@ -84,3 +92,55 @@ class Lookahead(Generic[P]):
         self._drop_pending()
         self._pool.shutdown(wait=True)
         self._blas_limits.restore_original_limits()
+
+
+def run_slides_ahead(
+    paths: Sequence[Path],
+    todo: Sequence[Path],
+    prepare: Callable[[Path], P],
+    discard: Callable[[P], None],
+    finish: Callable[[P, ReaderPool | None], R],
+    done_path: Callable[[Path], Path],
+    *,
+    num_workers: int,
+    prefetch_batches: int = 2,
+    overwrite: bool,
+    continue_on_error: bool,
+    on_record: Callable[[SlideRecord[R]], None] | None,
+) -> BatchSummary[R]:
+    """``run_batch`` over ``paths`` with one reader pool for the run and slide k+1 prepared while k finishes.
+
+    The reader processes start once, before the prepare thread (see the module docstring), and read every
+    slide; ``finish(prepared, pool)`` encodes and writes a slide; ``discard`` releases each prepared slide.
+
+    Args:
+        paths: Every slide (skipped ones are recorded as skipped by ``run_batch``).
+        todo: The slides that will run, in order.
+        prepare: The prepare part of one slide (run one slide ahead, as in :class:`Lookahead`).
+        discard: Releases a prepared slide (after it is finished, or when it is never taken).
+        finish: The encode part of one slide.
+        done_path: A slide's final output (its presence means done).
+        num_workers: Reader processes (0: none; the slides are read in this process).
+        prefetch_batches: Batches each reader keeps ready.
+        overwrite: Redo slides whose ``done_path`` exists.
+        continue_on_error: Record a failing slide and go on.
+        on_record: Called with each slide's record as it finishes.
+    """
+    from sammil_deploy.patching.reader_pool import ReaderPool
+
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if todo and num_workers > 0:
+            pool = stack.enter_context(ReaderPool(num_workers, prefetch_batches=prefetch_batches))
+        ahead = stack.enter_context(Lookahead(todo, prepare, discard))
+
+        def process(path: Path) -> R:
+            prepared = ahead.take(path)
+            try:
+                return finish(prepared, pool)
+            finally:
+                discard(prepared)
+
+        return run_batch(
+            paths, process, done_path, overwrite=overwrite, continue_on_error=continue_on_error, on_record=on_record
+        )

@@ -17,6 +17,7 @@ import numpy as np
 if TYPE_CHECKING:
     from sammil_deploy.bundle import Bundle
     from sammil_deploy.patching import PatchGrid
+    from sammil_deploy.patching.reader_pool import ReaderPool
     from sammil_deploy.pipeline.backends import SlideBackends
     from sammil_deploy.pipeline.infer_types import InferConfig, SlideResult, StageProgress
     from sammil_deploy.segment import PatchAssignment, Segmentation
@@ -109,16 +110,21 @@ def finish_slide(
     models: SlideBackends,
     *,
     progress: StageProgress | None = None,
+    readers: ReaderPool | None = None,
 ) -> SlideResult:
     """Encode the patches, run the MIL head and write the outputs of a prepared slide.
+
+    ``readers``: reader processes kept across slides; started for this slide when None.
 
     Raises:
         SlideError: A patch cannot be read; nothing is left in ``out_dir``.
         BackendError, InputSpecError: The backend failed.
     """
+    from sammil_deploy.errors import InputSpecError
+    from sammil_deploy.features.engine import encode_patches
     from sammil_deploy.pipeline.infer_types import SlideInference
     from sammil_deploy.pipeline.outputs import write_outputs
-    from sammil_deploy.pipeline.stages import encode_patches, spatial_context
+    from sammil_deploy.pipeline.stages import spatial_context
 
     path, reader, grid, timer = prepared.path, prepared.reader, prepared.grid, prepared.timer
 
@@ -129,12 +135,16 @@ def finish_slide(
     tick("features", 0, len(grid))
     with timer.stage("features"):
         features = encode_patches(
-            path, grid, models.features,
-            input_size_px=int(bundle.encoder["input_size_px"]), interpolation=bundle.encoder["interpolation"],
-            feature_dim=bundle.feature_dim, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-            prefetch_batches=cfg.prefetch_batches, mpp=cfg.mpp or bundle.preprocess.mpp,
+            path, grid.coords_level0_xy, models.features, patch_level=grid.patch_level,
+            read_size_px=grid.patch_size_px, input_size_px=int(bundle.encoder["input_size_px"]),
+            interpolation=bundle.encoder["interpolation"], batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+            prefetch_batches=cfg.prefetch_batches, mpp=cfg.mpp or bundle.preprocess.mpp, pool=readers,
             progress=lambda done, total: tick("features", done, total),
         )  # fmt: skip
+    if features.shape[1] != bundle.feature_dim:
+        raise InputSpecError(
+            f"{models.features.label}: gives {features.shape[1]}-d features, the bundle says {bundle.feature_dim}"
+        )
     tick("mil")
     with timer.stage("mil"):
         context = spatial_context(features, prepared.assignment)

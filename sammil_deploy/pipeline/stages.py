@@ -1,16 +1,12 @@
-"""Per-slide steps shared by ``extract`` and ``infer``: segments, patch encoding, spatial context, bag attrs.
+"""Per-slide steps shared by ``extract`` and ``infer``: segments, spatial context, bag attrs.
 
-``extract`` and ``infer`` encode patches with the same engine (:mod:`sammil_deploy.features.engine`) through a
-:class:`~sammil_deploy.runtime.Backend` (PyTorch, ONNX Runtime or TensorRT) taking uint8 NHWC patches:
-DataLoader reader processes (one slide handle each, tile-ordered reads), resized in the workers, batches
-prefetched into a bounded queue and pinned on CUDA, so reading overlaps model compute.
+Both encode patches with the one engine, :func:`sammil_deploy.features.engine.encode_patches`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +16,6 @@ from sammil_deploy.features.engine import resize_method
 if TYPE_CHECKING:
     from sammil_deploy.features.bag import SpatialContext
     from sammil_deploy.patching import PatchGrid
-    from sammil_deploy.runtime import Backend
     from sammil_deploy.segment import PatchAssignment, SamImage, Segmentation, SegmentConfig, Segmenter
     from sammil_deploy.slide import SlideInfo, SlideReader
 
@@ -117,40 +112,3 @@ def bag_attrs(
         "patch_size_px": grid.patch_size_px,
         "target_mpp": grid.target_mpp,
     }
-
-
-def encode_patches(
-    slide_path: Path,
-    grid: PatchGrid,
-    backend: Backend,
-    *,
-    input_size_px: int,
-    interpolation: str,
-    feature_dim: int | None = None,
-    batch_size: int,
-    num_workers: int,
-    prefetch_batches: int = 2,
-    reader: str = "auto",
-    resize: str = "auto",
-    mpp: float | None = None,
-    progress: ProgressFn | None = None,
-) -> np.ndarray:
-    """Encode every patch of ``grid`` with the shared engine (:func:`sammil_deploy.features.engine.encode_patches`).
-
-    ``feature_dim`` is accepted for callers that pass it; the engine reads D from the backend's output spec.
-
-    Returns:
-        (N, D) float32 features in grid order.
-    """
-    from sammil_deploy.features.engine import encode_patches as engine_encode
-
-    features = engine_encode(
-        slide_path, grid.coords_level0_xy, backend, patch_level=grid.patch_level, read_size_px=grid.patch_size_px,
-        input_size_px=input_size_px, interpolation=interpolation, batch_size=batch_size, num_workers=num_workers,
-        prefetch_batches=prefetch_batches, reader=reader, resize=resize, mpp=mpp, progress=progress,
-    )  # fmt: skip
-    if feature_dim is not None and features.shape[1] != feature_dim:
-        from sammil_deploy.errors import InputSpecError
-
-        raise InputSpecError(f"{backend.label}: gives {features.shape[1]}-d features, the bundle says {feature_dim}")
-    return features
