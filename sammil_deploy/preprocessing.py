@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sammil_deploy.errors import ConfigError
-from sammil_deploy.features.extract import ExtractConfig
+from sammil_deploy.features.encoding import EncoderConfig
 from sammil_deploy.patching import PatchConfig
 from sammil_deploy.segment import SegmentConfig
 from sammil_deploy.tissue import TissueConfig
@@ -32,7 +32,7 @@ class SlideExtractConfig:
     tissue: TissueConfig = field(default_factory=TissueConfig)
     patch: PatchConfig = field(default_factory=PatchConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
-    features: ExtractConfig = field(default_factory=ExtractConfig)
+    features: EncoderConfig = field(default_factory=EncoderConfig)
     mpp: float | None = None
     save_segmentation: bool = True
 

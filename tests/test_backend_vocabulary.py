@@ -55,7 +55,7 @@ def test_every_backend_name_is_a_runtime_kind():
     from sammil_deploy.bench.suites import BENCH_BACKENDS, Variant
     from sammil_deploy.cli import infer as cli_infer
     from sammil_deploy.demo.config import INFER_BACKENDS
-    from sammil_deploy.features.extract import FEATURE_BACKENDS
+    from sammil_deploy.features.encoding import FEATURE_BACKENDS
 
     assert tuple(BACKENDS) == BACKEND_KINDS  # the registry open_backend dispatches on
     assert cli_infer.BACKEND_KINDS is BACKEND_KINDS  # the CLI's --backend help lists the same object
@@ -68,7 +68,7 @@ def test_every_backend_name_is_a_runtime_kind():
 
 
 def test_configs_validate_against_the_runtime_kinds():
-    from sammil_deploy.features.extract import ExtractConfig
+    from sammil_deploy.features.encoding import EncoderConfig
     from sammil_deploy.pipeline.infer import InferConfig
 
     for kind in BACKEND_KINDS:
@@ -76,7 +76,7 @@ def test_configs_validate_against_the_runtime_kinds():
     with pytest.raises(ConfigError, match=r"infer\.backend: unknown backend 'onnx'; choose from torch, onnxruntime"):
         InferConfig(backend="onnx")
     with pytest.raises(ConfigError, match="features.backend must be one of"):
-        ExtractConfig(backend="ort")
+        EncoderConfig(backend="ort")
 
 
 def test_resolve_device_canonical_names_and_errors():

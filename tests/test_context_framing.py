@@ -13,7 +13,7 @@ import h5py
 import pytest
 from conftest import assert_same_context
 
-from sammil_deploy.features.extract import ExtractConfig
+from sammil_deploy.features.encoding import EncoderConfig
 from sammil_deploy.features.store import read_bag
 from sammil_deploy.pipeline.add_context import add_context, add_context_files, patch_extent_level0
 from sammil_deploy.pipeline.extract import SlideExtractConfig, extract_slide, features_path_for
@@ -28,7 +28,7 @@ def extracted(tmp_path_factory, real_slide_path):
     cfg = SlideExtractConfig(
         tissue=TissueConfig(**tissue_preset("bwh_biopsy")),
         segment=SegmentConfig(segmenter="fallback"),
-        features=ExtractConfig(allow_random=True, num_workers=0),
+        features=EncoderConfig(allow_random=True, num_workers=0),
     )
     extract_slide(real_slide_path, cfg, out)
     return cfg, read_bag(features_path_for(out, real_slide_path))

@@ -7,7 +7,7 @@ from torchvision import transforms
 
 from sammil_deploy.errors import ConfigError
 from sammil_deploy.features.encoders import create_encoder
-from sammil_deploy.features.extract import ExtractConfig, extract_features
+from sammil_deploy.features.encoding import EncoderConfig, extract_features
 from sammil_deploy.features.preprocess_ops import PatchTransform, normalize_batch
 from sammil_deploy.pipeline.feature_backend import open_feature_backend
 
@@ -56,7 +56,7 @@ def test_features_match_direct_openslide_reference(real_slide_path, encoder):
         expected = encoder(torch.stack(inputs)).numpy()
     for workers, reader in ((0, "openslide"), (2, "tiled")):
         calls: list[tuple[int, int]] = []
-        cfg = ExtractConfig(allow_random=True, batch_size=2, num_workers=workers, device="cpu", reader=reader)
+        cfg = EncoderConfig(allow_random=True, batch_size=2, num_workers=workers, device="cpu", reader=reader)
         with open_feature_backend(encoder, cfg) as backend:
             assert backend.kind == "torch"  # auto: random weights are not worth an ONNX export
             feats = _extract(real_slide_path, backend, cfg, progress=lambda d, t, calls=calls: calls.append((d, t)))
@@ -75,19 +75,19 @@ def _extract(slide, backend, cfg, coords=COORDS, **kwargs):
 
 def test_onnxruntime_and_torch_backends_agree(real_slide_path, encoder, tmp_path):
     """The exported ONNX file (cached by weight content) gives the torch module's features."""
-    ort_cfg = ExtractConfig(allow_random=True, batch_size=3, num_workers=0, device="cpu", backend="onnxruntime")
+    ort_cfg = EncoderConfig(allow_random=True, batch_size=3, num_workers=0, device="cpu", backend="onnxruntime")
     with open_feature_backend(encoder, ort_cfg, cache_dir=tmp_path) as ort:
         assert ort.kind == "onnxruntime"
         got = _extract(real_slide_path, ort, ort_cfg)
     assert len(list(tmp_path.glob("*.onnx"))) == 1
-    torch_cfg = ExtractConfig(allow_random=True, batch_size=3, num_workers=0, device="cpu", backend="torch")
+    torch_cfg = EncoderConfig(allow_random=True, batch_size=3, num_workers=0, device="cpu", backend="torch")
     with open_feature_backend(encoder, torch_cfg) as pt:
         want = _extract(real_slide_path, pt, torch_cfg)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_empty_coords_give_empty_features(real_slide_path, encoder):
-    cfg = ExtractConfig(allow_random=True, device="cpu")
+    cfg = EncoderConfig(allow_random=True, device="cpu")
     with open_feature_backend(encoder, cfg) as backend:
         feats = _extract(real_slide_path, backend, cfg, coords=np.zeros((0, 2), np.int64))
     assert feats.shape == (0, 1024)
@@ -97,7 +97,7 @@ def test_bf16_autocast_on_cpu_stays_close(encoder):
     batch = {"patches": np.random.default_rng(1).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)}
     outs = {}
     for precision in ("fp32", "bf16"):
-        cfg = ExtractConfig(allow_random=True, device="cpu", precision=precision)
+        cfg = EncoderConfig(allow_random=True, device="cpu", precision=precision)
         with open_feature_backend(encoder, cfg) as backend:
             outs[precision] = torch.from_numpy(backend.infer(batch)["features"])
     assert outs["bf16"].dtype == torch.float32
@@ -112,7 +112,7 @@ def test_gpu_extraction_matches_cpu(real_slide_path, precision):
     enc = create_encoder("resnet50_trunc", allow_random=True)
     feats = {}
     for device in ("cpu", "cuda"):
-        cfg = ExtractConfig(allow_random=True, device=device, precision="fp32" if device == "cpu" else precision)
+        cfg = EncoderConfig(allow_random=True, device=device, precision="fp32" if device == "cpu" else precision)
         with open_feature_backend(enc, cfg) as backend:
             feats[device] = _extract(real_slide_path, backend, cfg)
     cpu, gpu = feats["cpu"], feats["cuda"]
@@ -129,7 +129,7 @@ def test_gpu_onnxruntime_engine_matches_cpu(real_slide_path, encoder, tmp_path, 
         pytest.skip("onnxruntime-gpu (CUDA execution provider) is not installed")
     feats = {}
     for device in ("cpu", "cuda"):
-        cfg = ExtractConfig(allow_random=True, device=device, backend="onnxruntime", batch_size=2, num_workers=2,
+        cfg = EncoderConfig(allow_random=True, device=device, backend="onnxruntime", batch_size=2, num_workers=2,
                             resize=resize)  # fmt: skip
         with open_feature_backend(encoder, cfg, cache_dir=tmp_path) as backend:
             feats[device] = _extract(real_slide_path, backend, cfg)
@@ -140,24 +140,24 @@ def test_gpu_onnxruntime_engine_matches_cpu(real_slide_path, encoder, tmp_path, 
 
 def test_config_validation():
     with pytest.raises(ConfigError, match="precision"):
-        ExtractConfig(precision="int8")
+        EncoderConfig(precision="int8")
     with pytest.raises(ConfigError, match="unknown"):
-        ExtractConfig(encoder="vit_giant")
+        EncoderConfig(encoder="vit_giant")
     with pytest.raises(ConfigError, match="one weights source"):
-        ExtractConfig(weights="w.pth", allow_random=True)
+        EncoderConfig(weights="w.pth", allow_random=True)
     with pytest.raises(ConfigError, match="batch_size"):
-        ExtractConfig(batch_size=0)
+        EncoderConfig(batch_size=0)
     with pytest.raises(ConfigError, match="features.backend"):
-        ExtractConfig(backend="tvm")
+        EncoderConfig(backend="tvm")
     with pytest.raises(ConfigError, match="needs a plan"):
-        ExtractConfig(backend="tensorrt")
+        EncoderConfig(backend="tensorrt")
     with pytest.raises(ConfigError, match="features.reader"):
-        ExtractConfig(reader="pillow")
-    assert ExtractConfig(weights="w.pth").weights.name == "w.pth"
+        EncoderConfig(reader="pillow")
+    assert EncoderConfig(weights="w.pth").weights.name == "w.pth"
 
 
 def test_fp16_on_cpu_is_refused(encoder):
-    cfg = ExtractConfig(allow_random=True, device="cpu", precision="fp16")
+    cfg = EncoderConfig(allow_random=True, device="cpu", precision="fp16")
     with pytest.raises(ConfigError, match="fp16' needs a CUDA device"):
         open_feature_backend(encoder, cfg)
 
@@ -165,7 +165,7 @@ def test_fp16_on_cpu_is_refused(encoder):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_cuda_without_gpu_is_refused(real_slide_path, encoder):
     with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
-        open_feature_backend(encoder, ExtractConfig(allow_random=True, device="cuda"))
+        open_feature_backend(encoder, EncoderConfig(allow_random=True, device="cuda"))
 
 
 def test_resize_on_the_device_keeps_features_of_the_pil_path(real_slide_path, encoder):
@@ -178,7 +178,7 @@ def test_resize_on_the_device_keeps_features_of_the_pil_path(real_slide_path, en
     coords = tissue_coords_level0_xy(real_slide_path, 512)
     feats = {}
     for place in ("host", "device"):
-        cfg = ExtractConfig(allow_random=True, batch_size=8, num_workers=0, device="cpu", resize=place)
+        cfg = EncoderConfig(allow_random=True, batch_size=8, num_workers=0, device="cpu", resize=place)
         with open_feature_backend(encoder, cfg) as backend:
             feats[place] = _extract(real_slide_path, backend, cfg, coords=coords)
     host, device = feats["host"], feats["device"]

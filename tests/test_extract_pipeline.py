@@ -13,7 +13,7 @@ from helpers import files_under, run_cli
 from safetensors.torch import save_file
 
 from sammil_deploy.features.encoders import create_encoder
-from sammil_deploy.features.extract import ExtractConfig, extract_features
+from sammil_deploy.features.encoding import EncoderConfig, extract_features
 from sammil_deploy.features.store import read_bag
 from sammil_deploy.pipeline.extract import extract_slide, load_extract_config
 from sammil_deploy.pipeline.feature_backend import open_feature_backend
@@ -61,7 +61,7 @@ def test_real_slide_bag_is_consistent(tmp_path, real_slide_path, encoder):
 
     # Rows are in coords order: re-encode two patches directly from their coordinates.
     rows = [0, bag.n_patches - 1]
-    direct_cfg = ExtractConfig(allow_random=True, num_workers=0, device="cpu", backend="torch", reader="openslide")
+    direct_cfg = EncoderConfig(allow_random=True, num_workers=0, device="cpu", backend="torch", reader="openslide")
     with open_feature_backend(encoder, direct_cfg) as backend:
         direct = extract_features(
             real_slide_path, bag.coords_level0_xy[rows], 1024, backend, direct_cfg,

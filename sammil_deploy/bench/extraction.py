@@ -2,7 +2,7 @@
 
 Both sides go from the slide file to an HDF5 of (N, 1024) features and coordinates; each timed call is one
 whole extraction (DataLoader or reader-process start-up included, as a one-slide run pays them). Ours is what
-``extract`` runs: :func:`sammil_deploy.features.extract.extract_features` (the shared encoding engine: tile
+``extract`` runs: :func:`sammil_deploy.features.encoding.extract_features` (the shared encoding engine: tile
 reader, uint8 NHWC batches) on the backend ``extract --backend auto`` picks on the device (ONNX Runtime on the
 CPU, fed the run's exported ONNX file; PyTorch on CUDA), plus a PyTorch-backend row that separates the engine's
 gain from the backend's, followed by one HDF5 write; the baseline is :func:`.clam_baseline.clam_style_extract`
@@ -26,7 +26,7 @@ from sammil_deploy.bench.reading import tissue_coords_level0_xy
 from sammil_deploy.bench.report import BenchmarkResult
 from sammil_deploy.bench.suites import ExtractionBench
 from sammil_deploy.bench.timing import time_interleaved
-from sammil_deploy.features.extract import ExtractConfig, extract_features
+from sammil_deploy.features.encoding import EncoderConfig, extract_features
 
 if TYPE_CHECKING:
     from sammil_deploy.features.encoders import PatchEncoder
@@ -76,9 +76,9 @@ def bench_extraction(cfg: ExtractionBench, ctx: BenchContext) -> list[BenchmarkR
         for kind, backend in backends.items():
             key = f"ours-{kind}-{workers}"
             out = folder / f"{key}.h5"
-            ours_cfg = ExtractConfig(batch_size=cfg.batch_size, num_workers=workers)
+            ours_cfg = EncoderConfig(batch_size=cfg.batch_size, num_workers=workers)
 
-            def ours(out: Path = out, ours_cfg: ExtractConfig = ours_cfg, backend: Backend = backend) -> None:
+            def ours(out: Path = out, ours_cfg: EncoderConfig = ours_cfg, backend: Backend = backend) -> None:
                 size_px, filt = encoder.input_size_px, cfg.interpolation
                 feats = extract_features(
                     slide, coords, PATCH_PX, backend, ours_cfg, input_size_px=size_px, interpolation=filt
@@ -169,12 +169,12 @@ def _rows(
 
 def _our_backends(encoder: PatchEncoder, ctx: BenchContext, cfg: ExtractionBench, onnx: Path | None) -> dict:
     """``{label: loaded feature backend}``: what ``extract --backend auto`` picks here, and PyTorch."""
-    from sammil_deploy.features.extract import ExtractConfig
+    from sammil_deploy.features.encoding import EncoderConfig
     from sammil_deploy.pipeline.feature_backend import open_feature_backend
 
     common = {"device": ctx.device, "precision": cfg.precision, "intra_op_threads": ctx.threads}
-    backends = {"torch": open_feature_backend(encoder, ExtractConfig(backend="torch", **common))}
+    backends = {"torch": open_feature_backend(encoder, EncoderConfig(backend="torch", **common))}
     if onnx is not None and cfg.precision == "fp32":
-        ort_cfg = ExtractConfig(backend="onnxruntime", model_file=onnx, **common)
+        ort_cfg = EncoderConfig(backend="onnxruntime", model_file=onnx, **common)
         backends = {"onnxruntime": open_feature_backend(encoder, ort_cfg), **backends}
     return backends

@@ -86,7 +86,7 @@ def cached_pipeline_slide(width_px: int, seed: int = 0) -> Path:
     once into ``$SAMMIL_DEPLOY_CACHE`` (or ``~/.cache/sammil-deploy``) ``/bench_slides`` and reused by later
     runs (a 40000 px slide takes about a minute to write on two cores).
     """
-    from sammil_deploy.features.extract import cache_root
+    from sammil_deploy.features.encoding import cache_root
     from sammil_deploy.slide.cohort import plan_demo_cohort
     from sammil_deploy.slide.synthetic import write_synthetic_slide
 

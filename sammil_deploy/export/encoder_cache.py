@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from sammil_deploy.features.extract import cache_root
+from sammil_deploy.features.encoding import cache_root
 
 if TYPE_CHECKING:
     from sammil_deploy.features.encoders import PatchEncoder

@@ -150,8 +150,8 @@ def extract_slide(
         SlideError, TissueError, PatchingError, SegmentationError, WeightsError, ConfigError: On bad input;
             nothing is left in ``out_dir`` for this slide then.
     """
+    from sammil_deploy.features.encoding import build_encoder
     from sammil_deploy.features.engine import encode_patches
-    from sammil_deploy.features.extract import build_encoder
     from sammil_deploy.pipeline.feature_backend import open_feature_backend
     from sammil_deploy.pipeline.stages import spatial_context
 
@@ -315,7 +315,7 @@ def extract_slides(
     Raises:
         WeightsError, ConfigError: If the encoder or SAM cannot be loaded (nothing can run then).
     """
-    from sammil_deploy.features.extract import build_encoder
+    from sammil_deploy.features.encoding import build_encoder
     from sammil_deploy.pipeline.feature_backend import open_feature_backend
     from sammil_deploy.segment import create_segmenter
 

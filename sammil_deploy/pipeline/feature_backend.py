@@ -13,14 +13,14 @@ import torch
 
 from sammil_deploy.errors import ConfigError
 from sammil_deploy.export.encoder_cache import cached_encoder_onnx, encoder_cache_dir
-from sammil_deploy.features.extract import ExtractConfig
+from sammil_deploy.features.encoding import EncoderConfig
 
 if TYPE_CHECKING:
     from sammil_deploy.features.encoders import PatchEncoder
     from sammil_deploy.runtime import Backend
 
 
-def resolve_backend_kind(cfg: ExtractConfig, encoder: PatchEncoder, device: torch.device) -> str:
+def resolve_backend_kind(cfg: EncoderConfig, encoder: PatchEncoder, device: torch.device) -> str:
     """``cfg.backend`` with ``auto`` decided.
 
     ``auto``: the kind of ``model_file`` when given; else ONNX Runtime on the CPU (1.5-2x PyTorch there) when it
@@ -38,7 +38,7 @@ def resolve_backend_kind(cfg: ExtractConfig, encoder: PatchEncoder, device: torc
     return "torch"
 
 
-def open_feature_backend(encoder: PatchEncoder, cfg: ExtractConfig, *, cache_dir: Path | None = None) -> Backend:
+def open_feature_backend(encoder: PatchEncoder, cfg: EncoderConfig, *, cache_dir: Path | None = None) -> Backend:
     """The encoder behind the exported-model contract on ``cfg``'s backend and device, loaded.
 
     Args:

@@ -33,7 +33,7 @@ ProgressFn = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
-class ExtractConfig:
+class EncoderConfig:
     """Feature-extraction settings.
 
     Attributes:
@@ -112,7 +112,7 @@ class ExtractConfig:
             raise ConfigError(f"features: choose one weights source, got {' + '.join(sources)}")
 
 
-def build_encoder(cfg: ExtractConfig) -> PatchEncoder:
+def build_encoder(cfg: EncoderConfig) -> PatchEncoder:
     """The encoder ``cfg`` names, with its weights (see :func:`create_encoder` for the errors)."""
     return create_encoder(cfg.encoder, weights=cfg.weights, allow_random=cfg.allow_random, download=cfg.download)
 
@@ -131,7 +131,7 @@ def extract_features(
     coords_level0_xy: np.ndarray,
     patch_size_level0_px: int,
     backend: Backend,
-    cfg: ExtractConfig,
+    cfg: EncoderConfig,
     *,
     input_size_px: int,
     interpolation: str,
