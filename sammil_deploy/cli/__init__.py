@@ -6,11 +6,11 @@ import sys
 
 from sammil_deploy.cli import (
     benchmark,  # noqa: F401
-    context,  # noqa: F401  (add-context, convert)
     data,  # noqa: F401  (make-demo-data)
     demo,  # noqa: F401
     export,  # noqa: F401
     extract,  # noqa: F401
+    feature_files,  # noqa: F401  (add-context, convert)
     infer,  # noqa: F401  (infer, make-bundle)
     info,  # noqa: F401  (registers commands)
     preprocess,  # noqa: F401
