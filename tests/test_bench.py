@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from sammil_deploy.bench.context import BenchContext
+from sammil_deploy.bench.bench_setup import BenchSetup
 from sammil_deploy.bench.report import (
     BenchmarkReport,
     BenchmarkResult,
@@ -194,8 +194,8 @@ def test_suite_rejects_unknown_keys_and_variants(tmp_path):
 
 
 @pytest.fixture
-def ctx(tmp_path, synthetic_slide) -> BenchContext:
-    return BenchContext(device="cpu", threads=2, timing=QUICK, work_dir=tmp_path / "work", slide=synthetic_slide)
+def ctx(tmp_path, synthetic_slide) -> BenchSetup:
+    return BenchSetup(device="cpu", threads=2, timing=QUICK, work_dir=tmp_path / "work", slide=synthetic_slide)
 
 
 def test_mil_head_torch_vs_onnxruntime(ctx):
@@ -289,7 +289,7 @@ def test_mask_generation_and_end_to_end_rows(tmp_path):
     slide = tmp_path / "small.svs"  # ~8 patches of 512 px: a whole slide per timed call stays cheap
     write_synthetic_slide(slide, SyntheticSlideSpec(width_px=2048, height_px=1536, mpp=0.5, seed=11, n_lumens=1))
     once = TimingPolicy(warmup=0, iters=1, min_seconds=0.0, max_seconds=5.0, min_iters=1)
-    ctx = BenchContext(device="cpu", threads=2, timing=once, work_dir=tmp_path / "work", slide=slide)
+    ctx = BenchSetup(device="cpu", threads=2, timing=once, work_dir=tmp_path / "work", slide=slide)
 
     masks = with_speedups(
         bench_mask_generation(

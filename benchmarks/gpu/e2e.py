@@ -42,7 +42,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def _setup(args: argparse.Namespace, work: Path) -> tuple[Any, Path, dict[str, Any]]:
     """The synthetic slide and a PyTorch-only bundle of seeded random weights (as the benchmark builds it)."""
-    from sammil_deploy.bench.context import BenchContext
+    from sammil_deploy.bench.bench_setup import BenchSetup
     from sammil_deploy.bench.end_to_end import build_bundle
     from sammil_deploy.bench.timing import TimingPolicy
     from sammil_deploy.slide.synthetic import SyntheticSlideSpec, write_synthetic_slide
@@ -53,7 +53,7 @@ def _setup(args: argparse.Namespace, work: Path) -> tuple[Any, Path, dict[str, A
         spec = SyntheticSlideSpec(width_px=args.width_px, height_px=args.height_px, mpp=0.5)
         write_synthetic_slide(slide, spec, workers=os.cpu_count())
     setup = {"slide": slide.name, "slide_bytes": slide.stat().st_size, "slide_write_s": time.perf_counter() - start}
-    ctx = BenchContext(device=args.device, threads=0, timing=TimingPolicy(), work_dir=work, slide=slide)
+    ctx = BenchSetup(device=args.device, threads=0, timing=TimingPolicy(), work_dir=work, slide=slide)
     start = time.perf_counter()
     bundle = build_bundle(ctx, (), args.batch_size)
     setup["bundle_s"] = time.perf_counter() - start

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import sammil_deploy.bench.backends as bk
-from sammil_deploy.bench.context import BenchContext
+from sammil_deploy.bench.bench_setup import BenchSetup
 from sammil_deploy.bench.report import BenchmarkResult, failed, unavailable
 from sammil_deploy.bench.suites import ModelBench, SamEncoderBench, Variant, reference_first
 from sammil_deploy.bench.timing import TimingPolicy, TimingStats, time_interleaved
@@ -69,7 +69,7 @@ def bench_network(
     net: Network,
     variants: Sequence[Variant],
     sizes: Sequence[int],
-    ctx: BenchContext,
+    ctx: BenchSetup,
     timing: TimingPolicy | None = None,
 ) -> list[BenchmarkResult]:
     """Time ``net`` on each variant at each size (items per call = size); torch eager FP32 is the reference.
@@ -111,7 +111,7 @@ def bench_network(
 
 
 def _time_size(
-    net: Network, loaded: Mapping[Variant, Backend], size: int, ctx: BenchContext, timing: TimingPolicy | None
+    net: Network, loaded: Mapping[Variant, Backend], size: int, ctx: BenchSetup, timing: TimingPolicy | None
 ) -> list[BenchmarkResult]:
     inputs = net.inputs(size, ctx.rng(net.salt * 1_000_003 + size))
     rows, calls, notes = [], {}, {}
@@ -194,7 +194,7 @@ def _ordered(
 # --- the networks -------------------------------------------------------------------------------------------
 
 
-def sam_encoder_network(model: str, ctx: BenchContext) -> Network:
+def sam_encoder_network(model: str, ctx: BenchSetup) -> Network:
     """SAM's image encoder of size ``model`` (random weights), ``images (B, 3, S, S) -> embeddings``."""
     import torch
 
@@ -218,7 +218,7 @@ def sam_encoder_network(model: str, ctx: BenchContext) -> Network:
     )
 
 
-def resnet50_network(ctx: BenchContext) -> Network:
+def resnet50_network(ctx: BenchSetup) -> Network:
     """ResNet50-trunc with folded normalisation (the run's random weights): ``(B, 224, 224, 3) uint8 -> (B, 1024)``."""
     import torch
 
@@ -240,7 +240,7 @@ def resnet50_network(ctx: BenchContext) -> Network:
     )
 
 
-def mil_network(ctx: BenchContext) -> Network:
+def mil_network(ctx: BenchSetup) -> Network:
     """The AB-MIL head as SAM-MIL trains it (the run's random checkpoint: 1024 -> 512, attention 128, 2 classes)."""
     from sammil_deploy.export.mil import example_inputs, mil_spec, random_bag
     from sammil_deploy.features.encoders import file_sha256
@@ -263,7 +263,7 @@ def mil_network(ctx: BenchContext) -> Network:
     )
 
 
-def bench_models(name: str, cfg: SamEncoderBench | ModelBench, ctx: BenchContext) -> list[BenchmarkResult]:
+def bench_models(name: str, cfg: SamEncoderBench | ModelBench, ctx: BenchSetup) -> list[BenchmarkResult]:
     """Build network(s) ``name`` (``sam_encoder`` per model, ``resnet50``, ``mil``) and time them per ``cfg``."""
     if isinstance(cfg, SamEncoderBench):
         builders = [lambda m=m: sam_encoder_network(m, ctx) for m in cfg.models]

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sammil_deploy.bench.backends as bk
+from sammil_deploy.bench.bench_setup import BenchSetup
 from sammil_deploy.bench.components import RUN_ERRORS, mil_network, resnet50_network
-from sammil_deploy.bench.context import BenchContext
 from sammil_deploy.bench.reading import TISSUE_PRESET
 from sammil_deploy.bench.report import BenchmarkResult, failed, unavailable
 from sammil_deploy.bench.suites import BENCH_BACKENDS, EndToEndBench, Variant, reference_first
@@ -28,7 +28,7 @@ COMPONENT = "end_to_end"
 MAX_INSTANCES = 200_000  # TensorRT profile maximum of the MIL head's bag size
 
 
-def build_bundle(ctx: BenchContext, variants: tuple[Variant, ...], batch_size: int) -> Bundle:
+def build_bundle(ctx: BenchSetup, variants: tuple[Variant, ...], batch_size: int) -> Bundle:
     """A bundle of the run's random encoder and MIL head with the exports ``variants`` need (fallback segmenter)."""
     from sammil_deploy.bundle import make_bundle
     from sammil_deploy.pipeline.extract import load_extract_config
@@ -84,7 +84,7 @@ def _infer_device(variant: Variant, suite_device: str) -> str:
     return "cpu" if variant.runtime.ort_provider == "cpu" else suite_device
 
 
-def bench_end_to_end(cfg: EndToEndBench, ctx: BenchContext) -> list[BenchmarkResult]:
+def bench_end_to_end(cfg: EndToEndBench, ctx: BenchSetup) -> list[BenchmarkResult]:
     """Time ``run_slide`` on the benchmark slide per backend variant; torch eager FP32 is the reference.
 
     Each variant's networks and reader processes are started once, untimed, as ``infer`` starts them once per
@@ -124,7 +124,7 @@ def bench_end_to_end(cfg: EndToEndBench, ctx: BenchContext) -> list[BenchmarkRes
 
 
 def _runnable(
-    variants: tuple[Variant, ...], ctx: BenchContext, size: str
+    variants: tuple[Variant, ...], ctx: BenchSetup, size: str
 ) -> tuple[list[BenchmarkResult], list[Variant]]:
     """``(unavailable rows, runnable variants)`` on this machine."""
     rows, runnable = [], []
@@ -139,7 +139,7 @@ def _runnable(
     return rows, runnable
 
 
-def _load_variant(variant: Variant, cfg: EndToEndBench, ctx: BenchContext, bundle: Bundle, stack: Any) -> Any:
+def _load_variant(variant: Variant, cfg: EndToEndBench, ctx: BenchSetup, bundle: Bundle, stack: Any) -> Any:
     """Load the variant's networks and start its reader processes (closed by ``stack``); returns one-slide run."""
     from sammil_deploy.patching.reader_pool import ReaderPool
     from sammil_deploy.pipeline.backends import open_slide_backends
@@ -160,7 +160,7 @@ def _load_variant(variant: Variant, cfg: EndToEndBench, ctx: BenchContext, bundl
 
 
 def _row(
-    variant: Variant, cfg: EndToEndBench, ctx: BenchContext, size: str, timed: Any, timing: Any, *, warmed: bool
+    variant: Variant, cfg: EndToEndBench, ctx: BenchSetup, size: str, timed: Any, timing: Any, *, warmed: bool
 ) -> BenchmarkResult:
     """The result row of one variant, with the last timed run's per-stage seconds and shares."""
     stages = timed.stage_seconds

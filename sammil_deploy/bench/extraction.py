@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sammil_deploy.bench.backends import parity
-from sammil_deploy.bench.context import BenchContext
+from sammil_deploy.bench.bench_setup import BenchSetup
 from sammil_deploy.bench.reading import tissue_coords_level0_xy
 from sammil_deploy.bench.report import BenchmarkResult
 from sammil_deploy.bench.suites import ExtractionBench
@@ -54,7 +54,7 @@ def _inside_slide(slide: Path, coords_level0_xy: np.ndarray) -> np.ndarray:
     return (coords_level0_xy[:, 0] + PATCH_PX <= width) & (coords_level0_xy[:, 1] + PATCH_PX <= height)
 
 
-def bench_extraction(cfg: ExtractionBench, ctx: BenchContext) -> list[BenchmarkResult]:
+def bench_extraction(cfg: ExtractionBench, ctx: BenchSetup) -> list[BenchmarkResult]:
     """Time the CLAM-style loop (per ``cfg.clam_workers``) and ours (per ``cfg.workers``), interleaved."""
     from sammil_deploy.bench.clam_baseline import write_coords_h5
     from sammil_deploy.bench.components import resnet50_network
@@ -99,7 +99,7 @@ def bench_extraction(cfg: ExtractionBench, ctx: BenchContext) -> list[BenchmarkR
 
 
 def _clam_calls(
-    cfg: ExtractionBench, ctx: BenchContext, slide: Path, coords_h5: Path, encoder: PatchEncoder, folder: Path
+    cfg: ExtractionBench, ctx: BenchSetup, slide: Path, coords_h5: Path, encoder: PatchEncoder, folder: Path
 ) -> tuple[dict[str, Any], dict[str, tuple[str, str, int, str]]]:
     """``(timed calls, labels)`` of the CLAM-style loop per ``cfg.clam_workers``.
 
@@ -126,7 +126,7 @@ def _clam_calls(
 
 def _rows(
     cfg: ExtractionBench,
-    ctx: BenchContext,
+    ctx: BenchSetup,
     slide: Path,
     coords: np.ndarray,
     size: str,
@@ -167,7 +167,7 @@ def _rows(
     return rows
 
 
-def _our_backends(encoder: PatchEncoder, ctx: BenchContext, cfg: ExtractionBench, onnx: Path | None) -> dict:
+def _our_backends(encoder: PatchEncoder, ctx: BenchSetup, cfg: ExtractionBench, onnx: Path | None) -> dict:
     """``{label: loaded feature backend}``: what ``extract --backend auto`` picks here, and PyTorch."""
     from sammil_deploy.features.encoding import EncoderConfig
     from sammil_deploy.pipeline.feature_backend import open_feature_backend

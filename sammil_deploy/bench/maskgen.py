@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 import sammil_deploy.bench.backends as bk
+from sammil_deploy.bench.bench_setup import BenchSetup
 from sammil_deploy.bench.components import RUN_ERRORS
-from sammil_deploy.bench.context import BenchContext
 from sammil_deploy.bench.report import BenchmarkResult, failed, unavailable
 from sammil_deploy.bench.suites import MaskGenerationBench, Variant, reference_first
 from sammil_deploy.bench.timing import time_interleaved
@@ -204,7 +204,7 @@ class _SamParts:
         return (torch.zeros((2, 3, size_px, size_px)),), (embedding, *points)
 
 
-def bench_mask_generation(cfg: MaskGenerationBench, ctx: BenchContext) -> list[BenchmarkResult]:
+def bench_mask_generation(cfg: MaskGenerationBench, ctx: BenchSetup) -> list[BenchmarkResult]:
     """Time automatic mask generation on the slide's SAM image per ``cfg`` (see the module docstring)."""
     from sammil_deploy.export.sam import decoder_spec, encoder_spec
     from sammil_deploy.segment.automask import sam_segment
@@ -282,7 +282,7 @@ def bench_mask_generation(cfg: MaskGenerationBench, ctx: BenchContext) -> list[B
     return sorted(rows, key=lambda r: order.index((r.backend, r.precision)))
 
 
-def _open_pair(variant: Variant, parts: _SamParts, cfg: MaskGenerationBench, ctx: BenchContext) -> list[Backend]:
+def _open_pair(variant: Variant, parts: _SamParts, cfg: MaskGenerationBench, ctx: BenchSetup) -> list[Backend]:
     """Encoder and point-decoder backends of ``variant`` (exported once per run for ONNX/TensorRT)."""
     encoder, decoder = parts.modules(variant.runtime.kind == "torch", ctx.device)
     enc_example, dec_example = parts.examples()
@@ -314,7 +314,7 @@ def _time(
     generators: dict[str, Callable[[], Any]],
     meta: dict[str, tuple[str, str, bool, list]],
     size: str,
-    ctx: BenchContext,
+    ctx: BenchSetup,
     cfg: MaskGenerationBench,
 ) -> list[BenchmarkResult]:
     from sammil_deploy.segment.compare import mask_agreement

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sammil_deploy.bench.context import BenchContext
+from sammil_deploy.bench.bench_setup import BenchSetup
 from sammil_deploy.bench.report import BenchmarkResult
 from sammil_deploy.bench.suites import ReadingBench
 from sammil_deploy.bench.timing import time_interleaved
@@ -116,7 +116,7 @@ class NullBackend(Backend):
         return {"features": np.zeros((n, int(self._spec_out[0].shape[1])), np.float32)}
 
 
-def bench_reading(cfg: ReadingBench, ctx: BenchContext) -> list[BenchmarkResult]:
+def bench_reading(cfg: ReadingBench, ctx: BenchSetup) -> list[BenchmarkResult]:
     """OpenSlide floor and our reader + null model per worker count (interleaved passes).
 
     The reference is OpenSlide with the smallest worker count.

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from sammil_deploy.bench.context import BenchContext, Progress
+from sammil_deploy.bench.bench_setup import BenchSetup, Progress
 from sammil_deploy.bench.report import BenchmarkReport, BenchmarkResult, Ratio, ratio_of, with_speedups
 from sammil_deploy.bench.suites import SuiteConfig
 from sammil_deploy.config import to_dict
@@ -25,7 +25,7 @@ from sammil_deploy.runtime.devices import resolve_device
 log = logging.getLogger(__name__)
 
 
-def _runners(suite: SuiteConfig, ctx: BenchContext) -> dict[str, Callable[[], list[BenchmarkResult]]]:
+def _runners(suite: SuiteConfig, ctx: BenchSetup) -> dict[str, Callable[[], list[BenchmarkResult]]]:
     from sammil_deploy.bench.components import bench_models
     from sammil_deploy.bench.end_to_end import bench_end_to_end
     from sammil_deploy.bench.extraction import bench_extraction
@@ -109,7 +109,7 @@ def _run_components(
     if suite.pipeline_slide_px:
         say(f"real-sized {suite.pipeline_slide_px} px synthetic slide (written once, then cached)")
         pipeline_slide = cached_pipeline_slide(suite.pipeline_slide_px, suite.seed)
-    ctx = BenchContext(
+    ctx = BenchSetup(
         device=device,
         threads=suite.threads,
         timing=suite.timing,

@@ -15,7 +15,7 @@ Progress = Callable[[str], None]
 
 
 @dataclass
-class BenchContext:
+class BenchSetup:
     """Shared state of one benchmark run.
 
     Attributes:
