@@ -141,17 +141,17 @@ def test_patch_level_and_target_mpp_geometry(annulus_tissue):
     _, tissue = annulus_tissue
     info = _info()
     by_level = make_patch_grid(info, tissue, PatchConfig(patch_size_px=128, patch_level=1))
-    assert (by_level.patch_size_px, by_level.patch_size_level0_px, by_level.step_level0_px) == (128, 512, 512)
+    assert (by_level.read_size_px, by_level.patch_size_level0_px, by_level.step_level0_px) == (128, 512, 512)
     assert by_level.patch_level == 1
     assert by_level.patch_downsample == 4.0
     # 224 px at 1.0 mpp on a 0.5-mpp slide: 448 level-0 px, read from level 0 (level 1 would be 2.0 mpp).
     by_mpp = make_patch_grid(info, tissue, PatchConfig(patch_size_px=224, target_mpp=1.0))
-    assert (by_mpp.patch_size_level0_px, by_mpp.patch_level, by_mpp.patch_size_px) == (448, 0, 448)
+    assert (by_mpp.patch_size_level0_px, by_mpp.patch_level, by_mpp.read_size_px) == (448, 0, 448)
     assert by_mpp.output_size_px == 224
     assert by_mpp.target_mpp == 1.0
     # At 2.0 mpp the level-1 pixels are exactly the target.
     coarse = make_patch_grid(info, tissue, PatchConfig(patch_size_px=128, target_mpp=2.0))
-    assert (coarse.patch_size_level0_px, coarse.patch_level, coarse.patch_size_px) == (512, 1, 128)
+    assert (coarse.patch_size_level0_px, coarse.patch_level, coarse.read_size_px) == (512, 1, 128)
 
 
 def test_geometry_errors(annulus_tissue):

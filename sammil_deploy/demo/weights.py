@@ -49,7 +49,7 @@ def calibrate_batchnorm(encoder: Any, slides: list[Path], extract_cfg: Any, patc
         rows = np.unique(np.linspace(0, len(grid) - 1, min(patches_per_slide, len(grid))).astype(int))
         dataset = PatchDataset(
             slide, grid.coords_level0_xy[rows], grid.patch_size_level0_px, grid.patch_level, transform,
-            read_size_px=grid.patch_size_px,
+            read_size_px=grid.read_size_px,
         )  # fmt: skip
         patches += [dataset[i][0] for i in range(len(dataset))]
         dataset.close()

@@ -70,7 +70,7 @@ def write_coords_h5(
             "coords", data=coords, maxshape=(None, 2), chunks=(max(1, min(_CHUNK_ROWS, len(coords))), 2)
         )
         dset.attrs.update(
-            patch_size=int(grid.patch_size_px),
+            patch_size=int(grid.read_size_px),
             patch_level=int(grid.patch_level),
             downsample=np.array([grid.patch_downsample, info.dimensions_wh[1] / level_wh[1]], np.float64),
             downsampled_level_dim=np.array(level_wh, np.int64),
@@ -145,7 +145,7 @@ def read_coords_h5(path: Path) -> CoordsFile:
         patch_size_level0_px=size0,
         step_level0_px=int(attrs.get("step_level0_px", size0)),
         patch_level=patch_level,
-        patch_size_px=patch_size,
+        read_size_px=patch_size,
         patch_downsample=downsample,
         output_size_px=int(attrs.get("output_size_px", patch_size)),
         target_mpp=None if target_mpp is None or math.isnan(float(target_mpp)) else float(target_mpp),

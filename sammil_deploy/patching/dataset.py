@@ -27,7 +27,7 @@ class PatchDataset(Dataset):
         coords_level0_xy: (N, 2) int top-left corners in level-0 pixels.
         patch_size_level0_px: Patch side in level-0 pixels (only needed without ``read_size_px``).
         patch_level: Level to read at.
-        read_size_px: Side read at ``patch_level`` (a grid's ``patch_size_px``); default
+        read_size_px: Side read at ``patch_level`` (a grid's ``read_size_px``); default
             ``round(patch_size_level0_px / downsample(patch_level))``.
         transform: Maps an (H, W, 3) uint8 patch to what a DataLoader batches (e.g. a (3, S, S) tensor).
         mpp: Optional mpp override passed to :func:`open_slide` (geometry only; reads do not need it).

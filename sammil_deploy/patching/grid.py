@@ -25,10 +25,10 @@ class PatchGrid:
         patch_size_level0_px: Patch side in level-0 pixels (its footprint).
         step_level0_px: Grid step in level-0 pixels.
         patch_level: Level to read patches from.
-        patch_size_px: Patch side in pixels at ``patch_level`` (CLAM's ``patch_size`` attr).
+        read_size_px: Patch side read at ``patch_level``, in pixels of that level (CLAM's ``patch_size`` attr).
         patch_downsample: Downsample of ``patch_level`` (level-0 width / level width).
         output_size_px: Side the patch has at the requested resolution (``cfg.patch_size_px``); differs from
-            ``patch_size_px`` only with a target mpp, where the reader resizes to it.
+            ``read_size_px`` only with a target mpp, where the reader resizes to it.
         target_mpp: Requested resolution in microns per pixel, or ``None`` for level-based patching.
     """
 
@@ -36,7 +36,7 @@ class PatchGrid:
     patch_size_level0_px: int
     step_level0_px: int
     patch_level: int
-    patch_size_px: int
+    read_size_px: int
     patch_downsample: float
     output_size_px: int
     target_mpp: float | None = None
@@ -146,7 +146,7 @@ def make_patch_grid(info: SlideInfo, tissue: TissueResult, cfg: PatchConfig) -> 
         patch_size_level0_px=size0,
         step_level0_px=geo.step_level0_xy[0],
         patch_level=geo.level,
-        patch_size_px=geo.size_at_level_px,
+        read_size_px=geo.size_at_level_px,
         patch_downsample=geo.downsample_xy[0],
         output_size_px=cfg.patch_size_px,
         target_mpp=cfg.target_mpp,

@@ -164,7 +164,7 @@ def extract_slide(
     prepared = prepared if prepared is not None else prepare_extract(path, cfg, segmenter=segmenter)
     grid, stages, start = prepared.grid, prepared.stages, prepared.start
     features = encode_patches(
-        path, grid.coords_level0_xy, backend, patch_level=grid.patch_level, read_size_px=grid.patch_size_px,
+        path, grid.coords_level0_xy, backend, patch_level=grid.patch_level, read_size_px=grid.read_size_px,
         input_size_px=encoder.input_size_px, interpolation=cfg.features.interpolation or encoder.interpolation,
         batch_size=cfg.features.batch_size, num_workers=cfg.features.num_workers, reader=cfg.features.reader,
         resize=cfg.features.resize, mpp=cfg.mpp, pool=readers,

@@ -196,7 +196,7 @@ def _report(
         "patch": {
             "size_level0_px": grid.patch_size_level0_px,
             "level": grid.patch_level,
-            "read_size_px": grid.patch_size_px,
+            "read_size_px": grid.read_size_px,
         },
         "attention": _attention_section(attention, slide, rank, cfg.top_k),
         "segmenter": segmentation.segmenter,

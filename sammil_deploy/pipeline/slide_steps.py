@@ -136,7 +136,7 @@ def finish_slide(
     with timer.stage("features"):
         features = encode_patches(
             path, grid.coords_level0_xy, models.features, patch_level=grid.patch_level,
-            read_size_px=grid.patch_size_px, input_size_px=int(bundle.encoder["input_size_px"]),
+            read_size_px=grid.read_size_px, input_size_px=int(bundle.encoder["input_size_px"]),
             interpolation=bundle.encoder["interpolation"], batch_size=cfg.batch_size, num_workers=cfg.num_workers,
             prefetch_batches=cfg.prefetch_batches, mpp=cfg.mpp or bundle.preprocess.mpp, pool=readers,
             progress=lambda done, total: tick("features", done, total),

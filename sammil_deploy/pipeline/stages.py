@@ -109,6 +109,6 @@ def bag_attrs(
         "slide_mpp_source": info.mpp_source,
         "slide_width_px": info.dimensions_wh[0],
         "slide_height_px": info.dimensions_wh[1],
-        "patch_size_px": grid.patch_size_px,
+        "patch_size_px": grid.read_size_px,
         "target_mpp": grid.target_mpp,
     }
