@@ -123,9 +123,7 @@ def bench_end_to_end(cfg: EndToEndBench, ctx: BenchSetup) -> list[BenchmarkResul
     return sorted(rows, key=lambda r: [str(v) for v in variants].index(f"{r.backend}:{r.precision}"))
 
 
-def _runnable(
-    variants: tuple[Variant, ...], ctx: BenchSetup, size: str
-) -> tuple[list[BenchmarkResult], list[Variant]]:
+def _runnable(variants: tuple[Variant, ...], ctx: BenchSetup, size: str) -> tuple[list[BenchmarkResult], list[Variant]]:
     """``(unavailable rows, runnable variants)`` on this machine."""
     rows, runnable = [], []
     for variant in variants:
