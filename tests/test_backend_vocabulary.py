@@ -51,8 +51,8 @@ def test_backend_kinds_are_listed_once():
 
 
 def test_every_backend_name_is_a_runtime_kind():
-    from sammil_deploy.bench.suites import BACKENDS as BENCH_NAMES
-    from sammil_deploy.bench.suites import BENCH_BACKENDS, Variant
+    from sammil_deploy.bench.variants import BACKENDS as BENCH_NAMES
+    from sammil_deploy.bench.variants import BENCH_BACKENDS, Variant
     from sammil_deploy.cli import infer as cli_infer
     from sammil_deploy.demo.config import INFER_BACKENDS
     from sammil_deploy.features.encoding import FEATURE_BACKENDS

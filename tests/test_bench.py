@@ -27,8 +27,9 @@ from sammil_deploy.bench.report import (
     write_json,
     write_markdown,
 )
-from sammil_deploy.bench.suites import Variant, load_suite, restrict
+from sammil_deploy.bench.suites import load_suite, restrict
 from sammil_deploy.bench.timing import TimingPolicy, TimingStats, items_per_s, time_callable, time_interleaved
+from sammil_deploy.bench.variants import Variant
 from sammil_deploy.environment import REQUIRED_KEYS, capture_environment, hardware_label
 from sammil_deploy.errors import ConfigError
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sammil_deploy.bench.suites import Variant
+from sammil_deploy.bench.variants import Variant
 from sammil_deploy.errors import BackendError
 
 if TYPE_CHECKING:

@@ -19,8 +19,9 @@ import numpy as np
 import sammil_deploy.bench.backends as bk
 from sammil_deploy.bench.bench_setup import BenchSetup
 from sammil_deploy.bench.report import BenchmarkResult, failed, unavailable
-from sammil_deploy.bench.suites import ModelBench, SamEncoderBench, Variant, reference_first
+from sammil_deploy.bench.suites import ModelBench, SamEncoderBench
 from sammil_deploy.bench.timing import TimingPolicy, TimingStats, time_interleaved
+from sammil_deploy.bench.variants import Variant, reference_first
 from sammil_deploy.errors import SammilError
 
 if TYPE_CHECKING:

@@ -18,8 +18,9 @@ from sammil_deploy.bench.bench_setup import BenchSetup
 from sammil_deploy.bench.components import RUN_ERRORS, mil_network, resnet50_network
 from sammil_deploy.bench.reading import TISSUE_PRESET
 from sammil_deploy.bench.report import BenchmarkResult, failed, unavailable
-from sammil_deploy.bench.suites import BENCH_BACKENDS, EndToEndBench, Variant, reference_first
+from sammil_deploy.bench.suites import EndToEndBench
 from sammil_deploy.bench.timing import time_interleaved
+from sammil_deploy.bench.variants import BENCH_BACKENDS, Variant, reference_first
 
 if TYPE_CHECKING:
     from sammil_deploy.bundle import Bundle

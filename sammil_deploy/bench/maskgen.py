@@ -26,8 +26,9 @@ import sammil_deploy.bench.backends as bk
 from sammil_deploy.bench.bench_setup import BenchSetup
 from sammil_deploy.bench.components import RUN_ERRORS
 from sammil_deploy.bench.report import BenchmarkResult, failed, unavailable
-from sammil_deploy.bench.suites import MaskGenerationBench, Variant, reference_first
+from sammil_deploy.bench.suites import MaskGenerationBench
 from sammil_deploy.bench.timing import time_interleaved
+from sammil_deploy.bench.variants import Variant, reference_first
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam

@@ -20,105 +20,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sammil_deploy.bench.timing import TimingPolicy
+from sammil_deploy.bench.variants import PRECISIONS, parse_variants
 from sammil_deploy.config import load_config
 from sammil_deploy.errors import ConfigError
 
-
-@dataclass(frozen=True, slots=True)
-class BenchBackend:
-    """What a benchmark backend name means: a runtime kind plus how it is run (not a new kind).
-
-    Attributes:
-        kind: One of :data:`sammil_deploy.runtime.BACKEND_KINDS`.
-        ort_provider: ``onnxruntime``: the execution provider (``cpu``, ``cuda``, ``tensorrt``).
-        compile: ``torch``: wrapped in ``torch.compile``.
-    """
-
-    kind: str
-    ort_provider: str | None = None
-    compile: bool = False
-
-
-BENCH_BACKENDS = {
-    "torch": BenchBackend("torch"),
-    "torch-compile": BenchBackend("torch", compile=True),
-    "ort-cpu": BenchBackend("onnxruntime", ort_provider="cpu"),
-    "ort-cuda": BenchBackend("onnxruntime", ort_provider="cuda"),
-    "ort-trt": BenchBackend("onnxruntime", ort_provider="tensorrt"),
-    "tensorrt": BenchBackend("tensorrt"),
-}
-BACKENDS = tuple(BENCH_BACKENDS)
-PRECISIONS = ("fp32", "bf16", "fp16")
-# Which precisions each backend can run: torch autocasts (bf16; fp16 on CUDA only), ONNX/TensorRT run the
-# export stage's fp32 or fp16 graphs (the graph's types set the precision).
-BACKEND_PRECISIONS = {
-    "torch": ("fp32", "bf16", "fp16"),
-    "torch-compile": ("fp32", "bf16", "fp16"),
-    "ort-cpu": ("fp32",),
-    "ort-cuda": ("fp32", "fp16"),
-    "ort-trt": ("fp32", "fp16"),
-    "tensorrt": ("fp32", "fp16"),
-}
 COMPONENTS = ("sam_encoder", "mask_generation", "resnet50", "mil", "reading", "extraction", "end_to_end")
 SAM_MODELS = ("tiny", "vit_b", "vit_l", "vit_h")
 SUITES_DIR = Path("benchmarks") / "suites"
 
 
-@dataclass(frozen=True, slots=True)
-class Variant:
-    """One backend at one precision (``"ort-cuda:fp16"``)."""
-
-    backend: str
-    precision: str
-
-    @classmethod
-    def parse(cls, text: str, *, where: str = "variants") -> Variant:
-        """``"backend:precision"`` → Variant (precision defaults to fp32).
-
-        Raises:
-            ConfigError: Unknown backend or precision, or a precision the backend cannot run.
-        """
-        backend, _, precision = str(text).partition(":")
-        precision = precision or "fp32"
-        if backend not in BACKENDS:
-            raise ConfigError(f"{where}: unknown backend {backend!r} in {text!r}; choose from {', '.join(BACKENDS)}")
-        if precision not in BACKEND_PRECISIONS[backend]:
-            raise ConfigError(
-                f"{where}: {backend} cannot run {precision!r} ({text!r}); "
-                f"it runs {', '.join(BACKEND_PRECISIONS[backend])}"
-            )
-        return cls(backend, precision)
-
-    @property
-    def runtime(self) -> BenchBackend:
-        """The runtime kind (and provider / compile mode) this variant runs on."""
-        return BENCH_BACKENDS[self.backend]
-
-    @property
-    def is_torch_eager_fp32(self) -> bool:
-        """The reference every speed-up is measured against."""
-        return self.backend == "torch" and self.precision == "fp32"
-
-    def __str__(self) -> str:
-        return f"{self.backend}:{self.precision}"
-
-
-def _variants(values: tuple[str, ...], where: str) -> tuple[Variant, ...]:
-    parsed = tuple(Variant.parse(v, where=where) for v in values)
-    if len(set(parsed)) != len(parsed):
-        raise ConfigError(f"{where}: duplicate variants in {list(values)}")
-    return parsed
-
-
 def _sizes(values: tuple[int, ...], where: str, *, minimum: int = 1) -> None:
     if not values or any(int(v) < minimum for v in values):
         raise ConfigError(f"{where} must be a non-empty list of integers >= {minimum}, got {list(values)}")
-
-
-def reference_first(variants: tuple[str, ...], where: str = "variants") -> tuple[Variant, ...]:
-    """Parsed variants with the torch eager fp32 reference first (added if absent)."""
-    ref = Variant("torch", "fp32")
-    return (ref, *(v for v in _variants(variants, where) if v != ref))
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +51,7 @@ class ModelBench:
     timing: TimingPolicy | None = None
 
     def __post_init__(self) -> None:
-        _variants(self.variants, "variants")
+        parse_variants(self.variants, "variants")
         _sizes(self.sizes, "sizes")
 
 
@@ -161,7 +74,7 @@ class SamEncoderBench:
     timing: TimingPolicy | None = None
 
     def __post_init__(self) -> None:
-        _variants(self.variants, "sam_encoder.variants")
+        parse_variants(self.variants, "sam_encoder.variants")
         _sizes(self.sizes, "sam_encoder.sizes")
         bad = [m for m in self.models if m not in SAM_MODELS]
         if not self.models or bad:
@@ -195,7 +108,7 @@ class MaskGenerationBench:
     timing: TimingPolicy | None = None
 
     def __post_init__(self) -> None:
-        _variants(self.variants, "mask_generation.variants")
+        parse_variants(self.variants, "mask_generation.variants")
         if self.model not in SAM_MODELS:
             raise ConfigError(f"mask_generation.model must be one of {', '.join(SAM_MODELS)}, got {self.model!r}")
         for name in ("long_side_px", "points_per_side", "points_per_batch"):
@@ -297,7 +210,7 @@ class EndToEndBench:
     timing: TimingPolicy | None = None
 
     def __post_init__(self) -> None:
-        _variants(self.variants, "end_to_end.variants")
+        parse_variants(self.variants, "end_to_end.variants")
         if self.workers < 0 or self.batch_size < 1:
             raise ConfigError(
                 f"end_to_end: workers must be >= 0 and batch_size >= 1, got {self.workers}, {self.batch_size}"
