@@ -74,6 +74,26 @@ def test_each_tile_is_decoded_once_in_read_order(synthetic_slide):
         assert fast.tiles_decoded == len(tiles)
 
 
+def test_strip_order_decodes_each_tile_about_once_with_a_small_cache(synthetic_slide):
+    """Rows wider than the tile cache: row-major re-decodes tile rows; strips (4 patches here) keep them cached."""
+    from sammil_deploy.features.engine import tile_read_order
+    from sammil_deploy.slide.tiled_reader import TiledJpegReader
+
+    cache_bytes = 12 * 512 * 512 * 3  # 12 tiles: two tile rows of a 4-patch strip, far less than a slide row
+    xs, ys = np.arange(100, 6144 - 512, 512), np.arange(100, 5120 - 512, 512)
+    grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2)
+    tiles = {(int(tx), int(ty)) for x, y in grid for tx in (x // 512, (x + 511) // 512)
+             for ty in (y // 512, (y + 511) // 512)}  # fmt: skip
+    decoded = {}
+    for name, strip in (("row-major", 10**6), ("strips", 4)):
+        with TiledJpegReader(synthetic_slide, cache_bytes=cache_bytes) as reader:
+            for x, y in grid[tile_read_order(grid, strip_patches=strip)]:
+                reader.read_region((int(x), int(y)), 0, (512, 512))
+            decoded[name] = reader.tiles_decoded
+    assert decoded["row-major"] > 1.5 * len(tiles)  # the cache cannot hold two tile rows of a slide row
+    assert decoded["strips"] <= 1.4 * len(tiles)  # only the tile columns shared by neighbouring strips repeat
+
+
 def test_other_compressions_fall_back_to_openslide(tmp_path):
     path = tmp_path / "deflate.tif"
     image = np.random.default_rng(0).integers(0, 256, (600, 700, 3), dtype=np.uint8)

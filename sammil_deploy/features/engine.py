@@ -6,8 +6,8 @@ kept for every slide) → whole uint8 NHWC batches resized in the workers, in sh
 ``patches (B, S, S, 3) uint8`` and does the normalisation itself (``features.encoders.NormalizedEncoder`` in PyTorch,
 the exported ONNX file, the TensorRT plan) → ``(N, D)`` float32 features in grid order.
 
-Read order follows the slide's tiles, not the grid: patches are read row by row (the tile reader then decodes
-each JPEG tile once and keeps a patch row of them), each worker gets one contiguous run of that order (no tile
+Read order follows the slide's tiles, not the grid: patches are read row by row within vertical strips (the tile
+reader then decodes each JPEG tile about once and keeps a strip's tile rows cached), each worker gets one contiguous run of that order (no tile
 decoded by two workers but at run boundaries), and rows are scattered back to grid order.
 """
 
@@ -69,10 +69,23 @@ def resize_batch(patches: torch.Tensor, size_px: int, interpolation: str) -> tor
     return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def tile_read_order(coords_level0_xy: np.ndarray) -> np.ndarray:
-    """Row-major (y, then x) permutation of the patch rows: neighbouring reads share tiles."""
-    coords = np.asarray(coords_level0_xy)
-    return np.lexsort((coords[:, 0], coords[:, 1])) if len(coords) else np.zeros(0, np.int64)
+READ_STRIP_PATCHES = 32  # strip width: its tile rows (~2 x 33 tiles of 512 px, ~50 MB) fit the tile cache
+
+
+def tile_read_order(coords_level0_xy: np.ndarray, strip_patches: int = READ_STRIP_PATCHES) -> np.ndarray:
+    """Permutation of the patch rows in read order: vertical strips ``strip_patches`` patches wide, each row by row.
+
+    Neighbouring reads share tiles, and a strip's tile rows fit the reader's tile cache whatever the slide's width,
+    so each tile is decoded about once (plain row-major order re-decodes a tile row when a row of patches spans
+    more tiles than the cache holds). The patch step is taken from the coordinates.
+    """
+    coords = np.asarray(coords_level0_xy, np.int64)
+    if not len(coords):
+        return np.zeros(0, np.int64)
+    xs = np.unique(coords[:, 0])
+    step = int(np.diff(xs).min()) if len(xs) > 1 else 1
+    strip = (coords[:, 0] - xs[0]) // (step * max(1, strip_patches))
+    return np.lexsort((coords[:, 0], coords[:, 1], strip))
 
 
 def encode_patches(

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 READER_NAME = "tiled-jpeg"
 # OpenSlide vendors whose levels are plain TIFF pages with a simple tile grid (no overlaps, no stitching).
 TILED_VENDORS = ("aperio", "generic-tiff")
-DEFAULT_CACHE_BYTES = 96 << 20  # ~120 decoded 512-px tiles, ~550 of 240 px: a patch row of a typical slide
+DEFAULT_CACHE_BYTES = 96 << 20  # ~120 decoded 512-px tiles, ~550 of 240 px: the tile rows of a read strip
 _JPEG = 7
 _PHOTOMETRIC_COLORSPACE = {2: "RGB", 6: "YCbCr"}  # TIFF photometric → JPEG colour space (as OpenSlide decodes)
 
@@ -139,9 +139,12 @@ class TiledJpegReader(SlideReader):
     def _read_tiles(self, level: int, tiled: TiledLevel, xy: tuple[int, int], size_px: tuple[int, int]) -> np.ndarray:
         """Copy the window ``xy`` + ``size_px`` (level px) out of the tiles it touches; outside the level is white."""
         w, h = int(size_px[0]), int(size_px[1])
-        out = np.full((h, w, 3), 255, np.uint8)
         x0, y0 = max(xy[0], 0), max(xy[1], 0)
         x1, y1 = min(xy[0] + w, tiled.width_px), min(xy[1] + h, tiled.height_px)
+        inside = (x0, y0, x1, y1) == (xy[0], xy[1], xy[0] + w, xy[1] + h)
+        # White only where no tile will write (outside the level or a missing tile): skips a fill per patch.
+        out = np.empty((h, w, 3), np.uint8) if inside and self._all_present(tiled, x0, y0, x1, y1) else None
+        out = np.full((h, w, 3), 255, np.uint8) if out is None else out
         tw, th = tiled.tile_w_px, tiled.tile_h_px
         for ty in range(y0 // th, (y1 - 1) // th + 1) if y1 > y0 else ():
             for tx in range(x0 // tw, (x1 - 1) // tw + 1) if x1 > x0 else ():
@@ -154,6 +157,13 @@ class TiledJpegReader(SlideReader):
                 out[ay - xy[1] : by - xy[1], ax - xy[0] : bx - xy[0]] = tile[ay - ty * th : by - ty * th,
                                                                              ax - tx * tw : bx - tx * tw]  # fmt: skip
         return out
+
+    @staticmethod
+    def _all_present(tiled: TiledLevel, x0: int, y0: int, x1: int, y1: int) -> bool:
+        """Whether every tile under the window ``[x0, x1) x [y0, y1)`` (level px, inside the level) has data."""
+        tw, th = tiled.tile_w_px, tiled.tile_h_px
+        rows = np.arange(y0 // th, (y1 - 1) // th + 1)[:, None] * tiled.tiles_x
+        return bool((tiled.byte_counts[rows + np.arange(x0 // tw, (x1 - 1) // tw + 1)] > 0).all())
 
     def _tile(self, level: int, tiled: TiledLevel, index: int) -> np.ndarray | None:
         """Decoded RGB tile ``index`` of ``level`` (cached), or None for a missing tile."""
