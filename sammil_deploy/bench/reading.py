@@ -43,8 +43,8 @@ TISSUE_PRESET = "bwh_biopsy"  # CLAM's preset for small tissue: benchmark slides
 def tissue_coords_level0_xy(slide: Path, patch_px: int, n: int | None = None) -> np.ndarray:
     """Top-left corners of the slide's tissue patches (CLAM ``bwh_biopsy``, ``patch_px`` at level 0), (M, 2) int64.
 
-    With ``n`` the list is put in tile read order (strips, row by row: a contiguous block of tissue, as one reader worker
-    sees it) and cut or repeated to exactly ``n`` rows.
+    With ``n`` the list is put in tile read order (strips, row by row: a contiguous block of tissue, as one reader
+    worker sees it) and cut or repeated to exactly ``n`` rows.
 
     Raises:
         TissueError, PatchingError: No tissue, or the slide is smaller than one patch.

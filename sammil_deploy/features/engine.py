@@ -6,9 +6,10 @@ kept for every slide) → whole uint8 NHWC batches resized in the workers, in sh
 ``patches (B, S, S, 3) uint8`` and does the normalisation itself (``features.encoders.NormalizedEncoder`` in PyTorch,
 the exported ONNX file, the TensorRT plan) → ``(N, D)`` float32 features in grid order.
 
-Read order follows the slide's tiles, not the grid: patches are read row by row within vertical strips (the tile
-reader then decodes each JPEG tile about once and keeps a strip's tile rows cached), each worker gets one contiguous run of that order (no tile
-decoded by two workers but at run boundaries), and rows are scattered back to grid order.
+Read order follows the slide's tiles, not the grid: patches are read row by row within vertical strips (the
+tile reader then decodes each JPEG tile about once and keeps a strip's tile rows cached), each worker gets one
+contiguous run of that order (no tile decoded by two workers but at run boundaries), and rows are scattered back
+to grid order.
 """
 
 from __future__ import annotations
