@@ -19,7 +19,7 @@ PACKAGE_ROOT = Path(sammil_deploy.__file__).parent
 
 # Layers of top-level units (a subpackage, or a module directly under sammil_deploy/), written down as the
 # units each one may import. "<root>" is sammil_deploy/__init__.py (the version).
-_BASE = {"<root>", "errors", "config", "io_atomic", "_deps", "environment"}
+_BASE = {"<root>", "errors", "config", "io_atomic", "_deps", "environment", "registry"}
 _MIDDLE = {"tissue", "patching", "segment", "features", "mil", "runtime", "export", "slide"}
 ALLOWED_IMPORTS: dict[str, set[str]] = {
     "<root>": set(),
@@ -27,6 +27,7 @@ ALLOWED_IMPORTS: dict[str, set[str]] = {
     "config": {"errors"},
     "io_atomic": {"errors"},
     "_deps": {"errors"},
+    "registry": {"errors"},
     "environment": {"<root>"},  # versions and machine facts: stdlib and the version only
     "slide": _BASE,
     "tissue": _BASE | {"slide"},

@@ -14,20 +14,19 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from sammil_deploy.errors import ConfigError, WeightsError
+from sammil_deploy.registry import Registry
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_WEIGHTS = "random"
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,24 +67,9 @@ class EncoderMeta:
         }
 
 
-_ENCODERS: dict[str, Callable[..., PatchEncoder]] = {}
-
-
-def register_encoder(name: str) -> Callable[[F], F]:
-    """Decorator adding an encoder builder to the registry under ``name`` (a dict insert, nothing else)."""
-
-    def decorate(builder: F) -> F:
-        if name in _ENCODERS:
-            raise ValueError(f"encoder {name!r} registered twice")
-        _ENCODERS[name] = builder
-        return builder
-
-    return decorate
-
-
-def available_encoders() -> list[str]:
-    """Sorted registry names."""
-    return sorted(_ENCODERS)
+_ENCODERS: Registry[Callable[..., PatchEncoder]] = Registry("encoder")
+register_encoder = _ENCODERS.register  # decorator: @register_encoder("name") on a builder
+available_encoders = _ENCODERS.names  # sorted registry names
 
 
 def create_encoder(
@@ -103,10 +87,7 @@ def create_encoder(
         ConfigError: Unknown name, or conflicting options (weights with download or random).
         WeightsError: No weights and neither ``download`` nor ``allow_random``; unreadable or mismatched file.
     """
-    try:
-        builder = _ENCODERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown encoder {name!r}; choose from {available_encoders()}") from None
+    builder = _ENCODERS.get(name)
     chosen = [
         opt
         for opt, on in (("weights", weights is not None), ("download", download), ("allow_random", allow_random))

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from sammil_deploy.errors import ConfigError, SegmentationError
+from sammil_deploy.errors import SegmentationError
+from sammil_deploy.registry import Registry
 from sammil_deploy.segment.config import SegmentConfig
 from sammil_deploy.segment.segmentation import Segmentation
 
@@ -36,25 +37,9 @@ class Segmenter(Protocol):
 
 
 SegmenterBuilder = Callable[..., Segmenter]
-_B = TypeVar("_B", bound=SegmenterBuilder)
-_SEGMENTERS: dict[str, SegmenterBuilder] = {}
-
-
-def register_segmenter(name: str) -> Callable[[_B], _B]:
-    """Register ``builder(cfg, **parts) -> Segmenter`` under ``name`` (a dict insert, nothing else)."""
-
-    def decorate(builder: _B) -> _B:
-        if name in _SEGMENTERS:
-            raise ValueError(f"segmenter {name!r} registered twice")
-        _SEGMENTERS[name] = builder
-        return builder
-
-    return decorate
-
-
-def available_segmenters() -> list[str]:
-    """Registered segmenter names, sorted."""
-    return sorted(_SEGMENTERS)
+_SEGMENTERS: Registry[SegmenterBuilder] = Registry("segmenter")
+register_segmenter = _SEGMENTERS.register  # decorator: @register_segmenter("name") on builder(cfg, **parts)
+available_segmenters = _SEGMENTERS.names  # sorted registry names
 
 
 def segmenter_name(cfg: SegmentConfig, *, exported: bool = False) -> str:
@@ -81,11 +66,7 @@ def create_segmenter(cfg: SegmentConfig, *, name: str | None = None, **parts: An
         ConfigError: Unknown name.
     """
     name = name or segmenter_name(cfg, exported="encoder" in parts)
-    try:
-        builder = _SEGMENTERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown segmenter {name!r}; choose from {available_segmenters()}") from None
-    return builder(cfg, **parts)
+    return _SEGMENTERS.get(name)(cfg, **parts)
 
 
 @dataclass
