@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -330,7 +330,13 @@ def _time(
             continue
         runnable[label] = generate
     ctx.progress(f"{COMPONENT}: timing {len(runnable)} generators")
-    stats = time_interleaved(runnable, cfg.timing or ctx.timing, timer=ctx.timer)
+    policy = cfg.timing or ctx.timing
+    fast = {label: fn for label, fn in runnable.items() if label != "reference"}
+    stats = time_interleaved(fast, replace(policy, iters=cfg.fast_iters, min_iters=cfg.fast_iters), timer=ctx.timer)
+    if "reference" in runnable:
+        stats["reference"] = time_interleaved({"reference": runnable["reference"]}, policy, timer=ctx.timer)[
+            "reference"
+        ]
     for label in runnable:
         backend, precision, is_reference, _ = meta[label]
         notes: dict[str, Any] = {"masks": outputs[label].n_masks, "points_per_batch": cfg.points_per_batch}
