@@ -171,6 +171,30 @@ def test_committed_suites_load():
     assert full.device == "cuda"
     assert set(quick.enabled_components()) == set(full.enabled_components())
     assert "vit_h" in full.sam_encoder.models
+    stand_in, sam_decoder = load_suite("sammil-maskgen-cpu"), load_suite("sammil-maskgen-samdecoder-cpu")
+    assert stand_in.mask_generation.mask_decoder == "stand_in"
+    assert sam_decoder.mask_generation.mask_decoder == "sam"
+    vit_b = load_suite("sammil-maskgen-vitb-cpu").mask_generation
+    assert (vit_b.model, vit_b.mask_decoder, vit_b.reference) == ("vit_b", "sam", False)
+    for cfg in (stand_in.mask_generation, sam_decoder.mask_generation, vit_b):  # SAM-MIL's generator settings
+        assert (cfg.points_per_side, cfg.crop_n_layers, cfg.long_side_px) == (32, 1, 1024)
+
+
+def test_mask_generation_decoder_choice():
+    from segment_anything.modeling import MaskDecoder
+
+    from sammil_deploy.bench.maskgen import DiscMaskDecoder, benchmark_sam
+    from sammil_deploy.bench.suites import MaskGenerationBench
+
+    assert MaskGenerationBench(model="vit_b").mask_decoder == "sam"
+    with pytest.raises(ConfigError, match="stand_in.*with model 'tiny'"):
+        MaskGenerationBench(model="vit_b", mask_decoder="stand_in")
+    with pytest.raises(ConfigError, match="mask_decoder"):
+        MaskGenerationBench(mask_decoder="disc")
+    assert isinstance(benchmark_sam("tiny", 0, "stand_in")[0].mask_decoder, DiscMaskDecoder)
+    sam, spec_sam = benchmark_sam("tiny", 0, "sam")
+    assert isinstance(sam.mask_decoder, MaskDecoder)
+    assert sam is spec_sam  # the calibrated SAM is exported as it runs
 
 
 def test_suite_rejects_unknown_keys_and_variants(tmp_path):
@@ -306,6 +330,11 @@ def test_mask_generation_and_end_to_end_rows(tmp_path):
     assert len({r.notes["masks"] for r in masks}) == 1  # same masks from every generator and backend
     assert masks[0].notes["masks"] >= 2  # the many-mask stand-in: more than one blob to match
     assert all(r.notes["matched_iou_min"] >= 0.99 for r in masks[1:])  # every mask has a partner, both ways
+    for row in masks[1:]:  # the fast generators' sub-stages, medians of the timed calls
+        stages = row.notes["stage_median_s"]
+        assert set(stages) == {"encoder_s", "decoder_s", "postprocess_s"}
+        assert 0 < stages["decoder_s"] < row.timing.median_ms / 1000
+    assert "stage_median_s" not in masks[0].notes  # the upstream generator has no sub-stage profile
     e2e = with_speedups(bench_end_to_end(EndToEndBench(variants=("ort-cpu:fp32",), workers=1, batch_size=8), ctx))
     torch_row, ort_row = e2e
     assert torch_row.reference

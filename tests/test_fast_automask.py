@@ -131,6 +131,29 @@ def test_matches_reference_with_small_region_cleanup(thumbnail):
     _compare(_disc_sam(), thumbnail[:160, :192].copy(), min_reference=10, points_per_side=8, min_mask_region_area=60)
 
 
+def test_cpu_encodes_one_crop_per_call_unless_asked(thumbnail):
+    from sammil_deploy.segment.compare import mask_agreement
+
+    sam = _disc_sam()
+    cfg = SegmentConfig(segmenter="sam", sam_model="tiny", device="cpu", points_per_side=4, crop_n_layers=1)
+    image = thumbnail[:160, :192].copy()
+    outputs = {}
+    for label, batch in (("default", None), ("batched", 5)):
+        generator = FastMaskGenerator.from_sam(sam, cfg, encoder_batch_size=batch)
+        sizes: list[int] = []
+
+        def counted(images, encode=generator.encoder, sizes=sizes):
+            sizes.append(len(images))
+            return encode(images)
+
+        generator.encoder = counted
+        outputs[label] = generator.generate(image)
+        # On a CPU a batch of crops only adds memory traffic: one crop a call, as upstream's SamPredictor.
+        assert sizes == ([1] * 5 if batch is None else [5])
+        assert outputs[label].profile["encoder_passes"] == 5
+    assert mask_agreement(outputs["default"], outputs["batched"]).min_iou >= 0.99
+
+
 def test_segment_image_switches_generator():
     image = _blurred_noise(96, 128)
     sam = _disc_sam()

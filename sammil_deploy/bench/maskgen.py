@@ -5,9 +5,10 @@ suite's smaller ones), the same model for every row. The reference row is upstre
 on PyTorch eager FP32; the fast generator runs on PyTorch (the same modules the export wraps), ONNX Runtime or
 TensorRT through the runtime backends, driving the exported encoder and point decoder.
 
-``tiny`` is the many-mask stand-in (:func:`many_mask_sam`: the tiny SAM's random encoder, a disc decoder), so
-hundreds of masks go through post-processing as with a trained SAM; random weights would leave one image-sized
-blob. The real sizes (``vit_b`` ... ``vit_h``) are random with calibrated scores (:func:`calibrated_random_sam`).
+``mask_decoder = "stand_in"`` (the tiny default) is the many-mask stand-in (:func:`many_mask_sam`: the tiny SAM's
+random encoder, a disc decoder), so hundreds of masks go through post-processing as with a trained SAM; random
+weights would leave one image-sized blob. ``"sam"`` keeps the model's own two-way-transformer decoder with
+calibrated scores (:func:`calibrated_random_sam`), so the decoder costs what SAM's does (the real sizes always).
 Each row records its mask count and, against the reference row, the worst and median best-match IoU over the
 masks of both sets (``matched_iou_min`` 1.0: every mask has an identical partner).
 """
@@ -15,7 +16,8 @@ masks of both sets (``matched_iou_min`` 1.0: every mask has an identical partner
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 
 COMPONENT = "mask_generation"
 UNIT = "images"
+# Sub-stages of the fast generator's profile reported per row (median over the timed calls).
+STAGES = ("encoder_s", "decoder_s", "postprocess_s")
 
 
 def calibrated_random_sam(model: str, seed: int) -> Sam:
@@ -145,12 +149,15 @@ def many_mask_sam(seed: int = 0) -> Sam:
     return sam
 
 
-def benchmark_sam(model: str, seed: int) -> tuple[Sam, Sam]:
-    """(the SAM the generators run, a SAM with upstream's modules of the same size for the export specs)."""
+def benchmark_sam(model: str, seed: int, mask_decoder: str = "sam") -> tuple[Sam, Sam]:
+    """(the SAM the generators run, a SAM with upstream's modules of the same size for the export specs).
+
+    ``mask_decoder``: ``stand_in`` (tiny only) for :func:`many_mask_sam`, ``sam`` for :func:`calibrated_random_sam`.
+    """
     from sammil_deploy.segment.sam_model import build_sam
 
-    if model == "tiny":
-        return many_mask_sam(seed), build_sam("tiny", device="cpu")
+    if mask_decoder == "stand_in":
+        return many_mask_sam(seed), build_sam(model, device="cpu")
     sam = calibrated_random_sam(model, seed)
     return sam, sam
 
@@ -223,13 +230,13 @@ def bench_mask_generation(cfg: MaskGenerationBench, ctx: BenchSetup) -> list[Ben
         crop_n_layers=cfg.crop_n_layers,
         points_per_batch=cfg.points_per_batch,
     )
-    model = "tiny many-mask stand-in" if cfg.model == "tiny" else f"{cfg.model} random"
+    model = "tiny many-mask stand-in" if cfg.mask_decoder == "stand_in" else f"{cfg.model} random, SAM decoder"
     size = (
         f"{model} {image.shape[1]}x{image.shape[0]} px, {cfg.points_per_side} pts/side, "
         f"{cfg.crop_n_layers} crop layer(s)"
     )
     ctx.progress(f"{COMPONENT}: building SAM {cfg.model}")
-    sam, spec_sam = benchmark_sam(cfg.model, ctx.seed)
+    sam, spec_sam = benchmark_sam(cfg.model, ctx.seed, cfg.mask_decoder)
     parts = _SamParts(
         sam=sam,
         sam_device=sam if ctx.device == "cpu" else copy.deepcopy(sam).to(ctx.device),
@@ -292,7 +299,7 @@ def _open_pair(variant: Variant, parts: _SamParts, cfg: MaskGenerationBench, ctx
     return [
         bk.open_variant(
             variant,
-            name=f"sam_{cfg.model}_calibrated_encoder",
+            name=f"sam_{cfg.model}_{cfg.mask_decoder}_encoder",
             module=encoder,
             spec=parts.enc_spec,
             example=enc_example,
@@ -301,7 +308,7 @@ def _open_pair(variant: Variant, parts: _SamParts, cfg: MaskGenerationBench, ctx
         ),
         bk.open_variant(
             variant,
-            name=f"sam_{cfg.model}_calibrated_decoder",
+            name=f"sam_{cfg.model}_{cfg.mask_decoder}_decoder",
             module=decoder,
             spec=parts.dec_spec,
             example=dec_example,
@@ -331,7 +338,18 @@ def _time(
         runnable[label] = generate
     ctx.progress(f"{COMPONENT}: timing {len(runnable)} generators")
     policy = cfg.timing or ctx.timing
-    fast = {label: fn for label, fn in runnable.items() if label != "reference"}
+    # Each timed call's sub-stage seconds: what the backends change (encoder, decoder) vs the shared rest.
+    profiles: dict[str, list[Mapping[str, Any]]] = {label: [] for label in runnable if label != "reference"}
+
+    def recorded(label: str) -> Callable[[], Any]:
+        def call() -> Any:
+            out = runnable[label]()
+            profiles[label].append(out.profile)
+            return out
+
+        return call
+
+    fast = {label: recorded(label) for label in profiles}
     stats = time_interleaved(fast, replace(policy, iters=cfg.fast_iters, min_iters=cfg.fast_iters), timer=ctx.timer)
     if "reference" in runnable:
         stats["reference"] = time_interleaved({"reference": runnable["reference"]}, policy, timer=ctx.timer)[
@@ -342,6 +360,10 @@ def _time(
         notes: dict[str, Any] = {"masks": outputs[label].n_masks, "points_per_batch": cfg.points_per_batch}
         if "reference" in outputs and label != "reference":
             notes.update(mask_agreement(outputs["reference"], outputs[label]).as_dict())
+        if profiles.get(label):
+            notes["stage_median_s"] = {
+                stage: round(statistics.median(p[stage] for p in profiles[label]), 4) for stage in STAGES
+            }
         rows.append(
             BenchmarkResult(
                 COMPONENT,

@@ -384,11 +384,28 @@ def to_markdown(report: BenchmarkReport) -> str:
     if report.ratios:
         lines += ["", "## Derived ratios", "", "| ratio | value | numerator | denominator |", "|---|---:|---|---|"]
         lines += [f"| {r.name} | {r.value:.3f} | {r.numerator} | {r.denominator} |" for r in report.ratios]
+    lines += _stage_lines(report.results)
     skipped = not_measured(report.results)
     if skipped:
         lines += ["", "## Rows not measured", ""]
         lines += [f"- {rows}: {reason}" for rows, reason in skipped]
     return "\n".join(lines) + "\n"
+
+
+def _stage_lines(results: Sequence[BenchmarkResult]) -> list[str]:
+    """Markdown table of the rows that carry sub-stage medians (``notes["stage_median_s"]``), e.g. mask generation."""
+    staged = [r for r in results if r.notes.get("stage_median_s")]
+    if not staged:
+        return []
+    stages = list(staged[0].notes["stage_median_s"])
+    lines = ["", "## Sub-stages (median s per call)", ""]
+    lines += ["| component | backend | precision | masks | " + " | ".join(stages) + " |"]
+    lines += ["|---|---|---|---:|" + "---:|" * len(stages)]
+    for r in staged:
+        cells = [r.component, r.backend, r.precision, str(r.notes.get("masks", "-"))]
+        cells += [f"{r.notes['stage_median_s'].get(stage, float('nan')):.3f}" for stage in stages]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_markdown(report: BenchmarkReport, path: Path) -> Path:

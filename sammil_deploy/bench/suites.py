@@ -26,6 +26,7 @@ from sammil_deploy.errors import ConfigError
 
 COMPONENTS = ("sam_encoder", "mask_generation", "resnet50", "mil", "reading", "extraction", "end_to_end")
 SAM_MODELS = ("tiny", "vit_b", "vit_l", "vit_h")
+MASK_DECODERS = ("stand_in", "sam")
 SUITES_DIR = Path("benchmarks") / "suites"
 
 
@@ -87,7 +88,11 @@ class MaskGenerationBench:
 
     Attributes:
         enabled: Run this component.
-        model: SAM size, random weights (``tiny`` is the many-mask stand-in of :func:`bench.maskgen.many_mask_sam`).
+        model: SAM size, random weights.
+        mask_decoder: ``stand_in``: the many-mask stand-in of :func:`bench.maskgen.many_mask_sam` (tiny only: a disc
+            decoder, hundreds of distinct masks, for mask agreement); ``sam``: the model's own prompt encoder and
+            two-way-transformer mask decoder with calibrated scores (:func:`bench.maskgen.calibrated_random_sam`),
+            so the decoder's cost is SAM's. Default: ``stand_in`` for tiny, ``sam`` otherwise.
         variants: Backends driving the fast generator (``torch``, ``ort-cpu``, ``ort-cuda``, ...).
         reference: Also time upstream ``SamAutomaticMaskGenerator`` on PyTorch, as the speed-up reference.
         long_side_px: SAM image long side (SAM-MIL: 1024).
@@ -101,6 +106,7 @@ class MaskGenerationBench:
 
     enabled: bool = True
     model: str = "tiny"
+    mask_decoder: str = ""
     variants: tuple[str, ...] = ("torch:fp32", "ort-cpu:fp32")
     reference: bool = True
     long_side_px: int = 1024
@@ -114,6 +120,13 @@ class MaskGenerationBench:
         parse_variants(self.variants, "mask_generation.variants")
         if self.model not in SAM_MODELS:
             raise ConfigError(f"mask_generation.model must be one of {', '.join(SAM_MODELS)}, got {self.model!r}")
+        if not self.mask_decoder:
+            object.__setattr__(self, "mask_decoder", "stand_in" if self.model == "tiny" else "sam")
+        if self.mask_decoder not in MASK_DECODERS or (self.mask_decoder == "stand_in" and self.model != "tiny"):
+            raise ConfigError(
+                f"mask_generation.mask_decoder must be 'sam', or 'stand_in' with model 'tiny'; got "
+                f"{self.mask_decoder!r} with model {self.model!r}"
+            )
         for name in ("long_side_px", "points_per_side", "points_per_batch", "fast_iters"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"mask_generation.{name} must be >= 1, got {getattr(self, name)}")
