@@ -149,13 +149,15 @@ def _load_variant(variant: Variant, cfg: EndToEndBench, ctx: BenchSetup, bundle:
         batch_size=cfg.batch_size, num_workers=cfg.workers, intra_op_threads=ctx.threads,
     )  # fmt: skip
     out_dir = ctx.work_dir / "end_to_end" / "out" / str(variant).replace(":", "_")
-    backends = open_slide_backends(
-        bundle, infer_cfg.backend, device=infer_cfg.device, precision=variant.precision, intra_op_threads=ctx.threads
-    )
-    models = stack.enter_context(backends)
+    backends = stack.enter_context(
+        open_slide_backends(
+            bundle, infer_cfg.backend, device=infer_cfg.device, precision=variant.precision,
+            intra_op_threads=ctx.threads,
+        )
+    )  # fmt: skip
     readers = stack.enter_context(ReaderPool(cfg.workers)) if cfg.workers > 0 else None
     slide = ctx.pipeline_slide
-    return lambda: run_slide(slide, bundle, infer_cfg, out_dir, models=models, readers=readers)
+    return lambda: run_slide(slide, bundle, infer_cfg, out_dir, backends=backends, readers=readers)
 
 
 def _row(

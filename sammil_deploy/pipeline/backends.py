@@ -94,10 +94,10 @@ def open_slide_backends(
     # exported head is loaded at the asked precision only when the bundle has one.
     mil_precision = "fp32" if fmt is None else precision if bundle.find("mil", fmt, precision) else None
     mil = _open_part(bundle, "mil", kind, device, mil_precision, intra_op_threads)
-    models = SlideBackends(features=features, mil=mil)
-    models.stage_backends = {"features": _label(features), "mil": _label(mil)}
-    _load_segmenter(models, bundle, backend, device, intra_op_threads)
-    return models
+    backends = SlideBackends(features=features, mil=mil)
+    backends.stage_backends = {"features": _label(features), "mil": _label(mil)}
+    _load_segmenter(backends, bundle, backend, device, intra_op_threads)
+    return backends
 
 
 def _open_part(
@@ -174,7 +174,7 @@ def refuse_gpu_only_part(artifacts: Sequence[BundleArtifact], part: str, backend
         )
 
 
-def _load_segmenter(models: SlideBackends, bundle: Bundle, backend: str, device: str, threads: int) -> None:
+def _load_segmenter(backends: SlideBackends, bundle: Bundle, backend: str, device: str, threads: int) -> None:
     """SAM on exported parts when the backend has them, else PyTorch SAM; or the fallback."""
     from dataclasses import replace
 
@@ -182,8 +182,8 @@ def _load_segmenter(models: SlideBackends, bundle: Bundle, backend: str, device:
 
     seg = bundle.preprocess.segment
     if seg.resolved_segmenter != "sam":
-        models.segmenter = create_segmenter(seg)
-        models.stage_backends["segmentation"] = "numpy (fallback segmenter)"
+        backends.segmenter = create_segmenter(seg)
+        backends.stage_backends["segmentation"] = "numpy (fallback segmenter)"
         return
     fmt = _FORMAT.get(backend)
     enc_art = bundle.find("sam_encoder", fmt, None) if fmt else None
@@ -192,13 +192,15 @@ def _load_segmenter(models: SlideBackends, bundle: Bundle, backend: str, device:
         # No spinning: the generator's torch post-processing runs between the decoder calls on the same cores.
         encoder = _open_part(bundle, "sam_encoder", backend, device, enc_art.precision, threads, spin=False)
         decoder = _open_part(bundle, "sam_decoder", backend, device, dec_art.precision, threads, spin=False)
-        models._extra.extend([encoder, decoder])
+        backends._extra.extend([encoder, decoder])
         model_type = _onnx_model_type(enc_art.path) if enc_art.format == "onnx" else "exported"
-        models.segmenter = create_segmenter(seg, encoder=encoder, decoder=decoder, device=device, model_type=model_type)
-        models.stage_backends["segmentation"] = f"{_label(encoder)} + {_label(decoder)}"
+        backends.segmenter = create_segmenter(
+            seg, encoder=encoder, decoder=decoder, device=device, model_type=model_type
+        )
+        backends.stage_backends["segmentation"] = f"{_label(encoder)} + {_label(decoder)}"
         return
-    models.segmenter = create_segmenter(replace(seg, device=device))
-    models.stage_backends["segmentation"] = f"torch SAM ({seg.generator} generator)" + (
+    backends.segmenter = create_segmenter(replace(seg, device=device))
+    backends.stage_backends["segmentation"] = f"torch SAM ({seg.generator} generator)" + (
         "" if backend == "torch" else f"; the bundle has no exported SAM for {backend}"
     )
 

@@ -55,7 +55,7 @@ class InferWorker:
         self.readers = None
         try:  # kept for ready(): a constructor that raises would be retried by Ray, and its message is lost
             self.bundle = load_bundle(Path(bundle_dir))
-            self.models = open_slide_backends(self.bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
+            self.backends = open_slide_backends(self.bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
                                       intra_op_threads=cfg.intra_op_threads)  # fmt: skip
         except SammilError as err:
             self.init_error = err
@@ -77,7 +77,7 @@ class InferWorker:
             if holder is not None:
                 return slide, "locked", 0.0, None, None, f"locked by another run ({holder.describe()})"
             try:
-                result = run_slide(Path(slide), self.bundle, self.cfg, self.out_dir, models=self.models,
+                result = run_slide(Path(slide), self.bundle, self.cfg, self.out_dir, backends=self.backends,
                                    readers=self.readers)  # fmt: skip
             except SammilError as err:
                 return slide, "failed", time.perf_counter() - start, None, type(err).__name__, str(err)
@@ -96,7 +96,7 @@ class InferWorker:
         if self.readers is not None:
             self.readers.close()
         if self.init_error is None:
-            self.models.close()
+            self.backends.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,7 +64,7 @@ def run_slide(
     cfg: InferConfig,
     out_dir: Path,
     *,
-    models: SlideBackends | None = None,
+    backends: SlideBackends | None = None,
     progress: StageProgress | None = None,
     readers: ReaderPool | None = None,
 ) -> SlideResult:
@@ -75,7 +75,7 @@ def run_slide(
         bundle: From ``load_bundle``; its preprocessing is used as trained.
         cfg: Backend, device, batching, outputs.
         out_dir: Output root.
-        models: Networks loaded once for many slides (``open_slide_backends``); loaded (and closed) here when None.
+        backends: Backends opened once for many slides (``open_slide_backends``); opened (and closed) here when None.
         progress: ``progress(slide, stage, done, total)`` at each stage start (0, 1) and per encoder batch.
         readers: Reader processes kept across slides (``patching.reader_pool``); started for this slide when None.
 
@@ -88,13 +88,13 @@ def run_slide(
     """
     from sammil_deploy.pipeline.backends import open_slide_backends
 
-    if models is None:
+    if backends is None:
         with open_slide_backends(bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
                          intra_op_threads=cfg.intra_op_threads) as own:  # fmt: skip
-            return run_slide(path, bundle, cfg, out_dir, models=own, progress=progress, readers=readers)
-    prepared = prepare_slide(path, bundle, cfg, models, progress=progress)
+            return run_slide(path, bundle, cfg, out_dir, backends=own, progress=progress, readers=readers)
+    prepared = prepare_slide(path, bundle, cfg, backends, progress=progress)
     try:
-        return finish_slide(prepared, bundle, cfg, out_dir, models, progress=progress, readers=readers)
+        return finish_slide(prepared, bundle, cfg, out_dir, backends, progress=progress, readers=readers)
     finally:
         prepared.reader.close()
 
@@ -125,19 +125,19 @@ def run_slides(
     paths = [Path(p) for p in paths]
     check_unique_ids(paths)
     todo = [p for p in paths if overwrite or not output_path(out_dir, p, "report").exists()]
-    models = None
+    backends = None
     if todo:
-        models = open_slide_backends(bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
+        backends = open_slide_backends(bundle, cfg.backend, device=cfg.device, precision=cfg.precision,
                              intra_op_threads=cfg.intra_op_threads)  # fmt: skip
     try:
         # One reader pool for the run; slide k+1 is prepared (tissue, grid, segmentation) while slide k is encoded.
         summary = run_slides_ahead(
             paths,
             todo,
-            lambda p: prepare_slide(p, bundle, cfg, models, progress=progress),
+            lambda p: prepare_slide(p, bundle, cfg, backends, progress=progress),
             lambda prepared: prepared.reader.close(),
             lambda prepared, readers: finish_slide(
-                prepared, bundle, cfg, out_dir, models, progress=progress, readers=readers
+                prepared, bundle, cfg, out_dir, backends, progress=progress, readers=readers
             ),  # fmt: skip
             lambda p: output_path(out_dir, p, "report"),
             num_workers=cfg.num_workers,
@@ -147,8 +147,8 @@ def run_slides(
             on_record=on_record,
         )
     finally:
-        if models is not None:
-            models.close()
+        if backends is not None:
+            backends.close()
     write_summary(out_dir, [record_dict(r, out_dir) for r in summary.records], bundle.class_names)
     return summary
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def write_outputs(
-    slide: SlideInference, out_dir: Path, bundle: Bundle, cfg: InferConfig, models: SlideBackends
+    slide: SlideInference, out_dir: Path, bundle: Bundle, cfg: InferConfig, backends: SlideBackends
 ) -> SlideResult:
     """Render and write one slide's outputs; ``slide.stage_seconds["outputs"]`` is filled in by the caller's timer.
 
@@ -31,7 +31,7 @@ def write_outputs(
         out_dir: Output root.
         bundle: The bundle (classes, threshold, encoder facts, preprocessing).
         cfg: Runtime config (heatmap scaling, save_features).
-        models: Loaded networks (their labels go into the report).
+        backends: The opened backends (their labels go into the report).
     """
     from sammil_deploy.pipeline.extract import features_path_for
     from sammil_deploy.pipeline.infer_types import SlideResult, config_snapshot, output_path
@@ -44,7 +44,7 @@ def write_outputs(
     attention = np.asarray(slide.head["attention"], np.float32)
     display = scale_attention(attention[:n], cfg.heatmap_scaling)
     rank = scale_attention(attention[:n], "rank")
-    report = _report(slide, bundle, cfg, models, rank)
+    report = _report(slide, bundle, cfg, backends, rank)
     paths = {kind: output_path(out_dir, slide.path, kind) for kind in ("heatmap", "geojson", "report")}
     if cfg.save_features:
         paths["features"] = features_path_for(out_dir, slide.path)
@@ -54,7 +54,7 @@ def write_outputs(
             target.parent.mkdir(parents=True, exist_ok=True)
         assets = _write_pictures(slide, out_dir, paths, report, display, rank, cfg, written)
         if cfg.save_features:
-            written.append(_write_features(slide, paths["features"], bundle, cfg, models))
+            written.append(_write_features(slide, paths["features"], bundle, cfg, backends))
         stage_seconds = {
             **slide.stage_seconds,
             **sam_seconds(slide.segmentation),
@@ -123,7 +123,9 @@ def _write_pictures(
     return assets
 
 
-def _write_features(slide: SlideInference, path: Path, bundle: Bundle, cfg: InferConfig, models: SlideBackends) -> Path:
+def _write_features(
+    slide: SlideInference, path: Path, bundle: Bundle, cfg: InferConfig, backends: SlideBackends
+) -> Path:
     """The ``extract`` feature file of the slide (``save_features``): the same layout and attributes."""
     from sammil_deploy.features.bag import FeatureBag
     from sammil_deploy.features.engine import resize_place
@@ -136,8 +138,8 @@ def _write_features(slide: SlideInference, path: Path, bundle: Bundle, cfg: Infe
         interpolation=bundle.encoder["interpolation"], precision=cfg.precision,
         extract_config=bundle.manifest["preprocess"], info=info, grid=grid,
         segmenter_config=slide.segmentation.config, membership=bundle.preprocess.segment.membership,
-        feature_backend=models.stage_backends.get("features", "unknown"), slide_reader=slide.reader.name,
-        resize_place=resize_place("auto", models.features.device),
+        feature_backend=backends.stage_backends.get("features", "unknown"), slide_reader=slide.reader.name,
+        resize_place=resize_place("auto", backends.features.device),
     )  # fmt: skip
     bag = FeatureBag(
         slide_id=info.slide_id, coords_level0_xy=grid.coords_level0_xy, features=slide.features,
@@ -148,7 +150,7 @@ def _write_features(slide: SlideInference, path: Path, bundle: Bundle, cfg: Infe
 
 
 def _report(
-    slide: SlideInference, bundle: Bundle, cfg: InferConfig, models: SlideBackends, rank: np.ndarray
+    slide: SlideInference, bundle: Bundle, cfg: InferConfig, backends: SlideBackends, rank: np.ndarray
 ) -> dict[str, Any]:
     """The report's content before the outputs are written (prediction, counts, attention, provenance)."""
     from sammil_deploy.mil.threshold import threshold_fields
@@ -200,7 +202,7 @@ def _report(
         },
         "attention": _attention_section(attention, slide, rank, cfg.top_k),
         "segmenter": segmentation.segmenter,
-        "backends": {"requested": cfg.backend, **models.stage_backends},
+        "backends": {"requested": cfg.backend, **backends.stage_backends},
         "bundle": bundle.describe(),
         "versions": package_versions(),
     }

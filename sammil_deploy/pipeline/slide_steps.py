@@ -54,7 +54,7 @@ class PreparedSlide:
 
 
 def prepare_slide(
-    path: Path, bundle: Bundle, cfg: InferConfig, models: SlideBackends, *, progress: StageProgress | None = None
+    path: Path, bundle: Bundle, cfg: InferConfig, backends: SlideBackends, *, progress: StageProgress | None = None
 ) -> PreparedSlide:
     """Open the slide, detect tissue, lay the patch grid, segment (the part that can run one slide ahead).
 
@@ -94,7 +94,7 @@ def prepare_slide(
                 grid.coords_level0_xy,
                 grid.patch_size_level0_px,
                 pre.segment,
-                segmenter=models.segmenter,
+                segmenter=backends.segmenter,
             )
     except BaseException:
         reader.close()
@@ -107,7 +107,7 @@ def finish_slide(
     bundle: Bundle,
     cfg: InferConfig,
     out_dir: Path,
-    models: SlideBackends,
+    backends: SlideBackends,
     *,
     progress: StageProgress | None = None,
     readers: ReaderPool | None = None,
@@ -135,7 +135,7 @@ def finish_slide(
     tick("features", 0, len(grid))
     with timer.stage("features"):
         features = encode_patches(
-            path, grid.coords_level0_xy, models.features, patch_level=grid.patch_level,
+            path, grid.coords_level0_xy, backends.features, patch_level=grid.patch_level,
             read_size_px=grid.read_size_px, input_size_px=int(bundle.encoder["input_size_px"]),
             interpolation=bundle.encoder["interpolation"], batch_size=cfg.batch_size, num_workers=cfg.num_workers,
             prefetch_batches=cfg.prefetch_batches, mpp=cfg.mpp or bundle.preprocess.mpp, pool=readers,
@@ -143,15 +143,15 @@ def finish_slide(
         )  # fmt: skip
     if features.shape[1] != bundle.feature_dim:
         raise InputSpecError(
-            f"{models.features.label}: gives {features.shape[1]}-d features, the bundle says {bundle.feature_dim}"
+            f"{backends.features.label}: gives {features.shape[1]}-d features, the bundle says {bundle.feature_dim}"
         )
     tick("mil")
     with timer.stage("mil"):
         context = spatial_context(features, prepared.assignment)
         tokens = np.concatenate([features, context.group_features]) if bundle.group_tokens else features
-        head = models.mil.infer({"features": np.ascontiguousarray(tokens, np.float32)})
+        head = backends.mil.infer({"features": np.ascontiguousarray(tokens, np.float32)})
     tick("outputs")
     with timer.stage("outputs"):
         slide = SlideInference(path, reader, grid, features, context, prepared.segmentation, head, timer.seconds,
                                prepared.start)  # fmt: skip
-        return write_outputs(slide, out_dir, bundle, cfg, models)
+        return write_outputs(slide, out_dir, bundle, cfg, backends)
